@@ -1,0 +1,58 @@
+# One command to run the console, one to run every test. See README.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 5000
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: run test lint typecheck pytest bench bench-quick services browser clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	touch $@
+
+## make run: install, migrate the SQLite default, start the console + in-process consumer
+run: $(STAMP)
+	@ASYNC_TASK_PROCESSORS=$${ASYNC_TASK_PROCESSORS:-webapp.examples} $(BIN)/flask --app webapp db upgrade
+	@ASYNC_TASK_PROCESSORS=$${ASYNC_TASK_PROCESSORS:-webapp.examples} $(BIN)/flask --app webapp users ensure-demo 2>/dev/null || true
+	@echo "Console: http://127.0.0.1:$(PORT)/  (log in as shown above; API docs at /api/openapi.json)"
+	ASYNC_TASK_PROCESSORS=$${ASYNC_TASK_PROCESSORS:-webapp.examples} ASYNC_TASK_POLL_INTERVAL=$${ASYNC_TASK_POLL_INTERVAL:-1} \
+	  $(BIN)/flask --app wsgi:app run --host 127.0.0.1 --port $(PORT) --no-reload
+
+## make test: services up, lint, types, every test
+test: $(TEST_STAMP) services browser
+	$(BIN)/ruff check .
+	$(BIN)/mypy webapp
+	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+
+typecheck: $(TEST_STAMP)
+	$(BIN)/mypy webapp
+
+services:
+	@bash .ci/services.sh
+
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+bench: $(TEST_STAMP) services
+	$(BIN)/python -m bench.run
+
+bench-quick: $(TEST_STAMP) services
+	$(BIN)/python -m bench.run --quick
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache

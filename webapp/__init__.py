@@ -1,0 +1,111 @@
+"""Application factory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from dotenv import load_dotenv
+from flask import Flask
+
+from .config import ConfigError, load_settings
+from .extensions import csrf, db, mail, migrate
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the Flask app: config, extensions, engine, blueprints. Starts no consumer."""
+    if config is None or not config.get("TESTING"):
+        load_dotenv(os.environ.get("DOTENV_PATH", ".env"), override=False)
+    app = Flask(
+        __name__,
+        instance_relative_config=True,
+        template_folder=str(_asset_dir("templates")),
+        static_folder=str(_asset_dir("static")),
+    )
+    os.makedirs(app.instance_path, exist_ok=True)
+    settings = load_settings(app.instance_path, config)
+    app.config.update(settings)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = _instance_secret_key(app.instance_path)
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", _engine_options(app.config))
+    app.config.setdefault("MAIL_SUPPRESS_SEND", False)
+
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(_migrations_dir()), render_as_batch=True)
+    mail.init_app(app)
+    csrf.init_app(app)
+
+    from . import models  # noqa: F401  (every table registered before migrations run)
+    from .tasks.engine import init_engine
+
+    init_engine(app)
+
+    from .cli import register_cli
+
+    register_cli(app)
+    _register_blueprints(app)
+    return app
+
+
+def _register_blueprints(app: Flask) -> None:
+    from .health import bp as health_bp
+
+    app.register_blueprint(health_bp)
+    try:
+        from .api import bp as api_bp
+    except ImportError:
+        api_bp = None
+    if api_bp is not None:
+        app.register_blueprint(api_bp)
+    try:
+        from .console import init_console
+    except ImportError:
+        init_console = None
+    if init_console is not None:
+        init_console(app)
+
+
+def _asset_dir(name: str) -> Path:
+    """Top-level ``templates/``/``static/`` in a checkout; the packaged copy when installed."""
+    checkout = PROJECT_ROOT / name
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / name
+
+
+def _migrations_dir() -> Path:
+    checkout = PROJECT_ROOT / "migrations"
+    return checkout if (checkout / "env.py").is_file() else MIGRATIONS_DIR
+
+
+def _engine_options(config: dict[str, Any]) -> dict[str, Any]:
+    url = str(config["SQLALCHEMY_DATABASE_URI"])
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    threads = int(config["ASYNC_TASK_CONCURRENCY"])
+    return {"pool_pre_ping": True, "pool_size": max(5, threads + 3), "max_overflow": 10,
+            "pool_recycle": 1800}
+
+
+def _instance_secret_key(instance_path: str) -> str:
+    """A generated key kept in the instance folder (mode 0600) when SECRET_KEY is not set."""
+    path = Path(instance_path) / "secret_key"
+    if path.is_file():
+        return path.read_text().strip()
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key
+
+
+__all__ = ["ConfigError", "create_app"]

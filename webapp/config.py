@@ -1,0 +1,176 @@
+"""Configuration: environment variables (and ``.env``), an optional YAML file, then overrides.
+
+Precedence, lowest first: built-in defaults, the YAML file named by ``ASYNC_TASK_CONFIG_FILE``
+(shaped like the original module's ``application.yml``), environment variables, and the mapping
+passed to ``create_app``. Every value is parsed and checked here so that a bad value stops the
+application at start-up with a message naming the setting, instead of failing later in a worker.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A setting has a value the application cannot use."""
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _positive_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number of seconds")
+    number = float(value)
+    if not number > 0 or number != number or number == float("inf"):
+        raise ValueError("expected a positive number")
+    return number
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("expected a whole number")
+    number = int(str(value).strip()) if not isinstance(value, int | float) else int(value)
+    if number < 1:
+        raise ValueError("expected a whole number of at least 1")
+    return number
+
+
+def _module_list(value: Any) -> list[str]:
+    if isinstance(value, list | tuple):
+        items = [str(item).strip() for item in value]
+    else:
+        items = [item.strip() for item in str(value).split(",")]
+    return [item for item in items if item]
+
+
+def _optional_str(value: Any) -> str | None:
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+# name -> (parser, default). Every ASYNC_TASK_* setting the engine reads is listed here.
+SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "ASYNC_TASK_CONSUMER_ENABLED": (_parse_bool, True),
+    "ASYNC_TASK_POLL_INTERVAL": (_positive_float, 5.0),
+    "ASYNC_TASK_BATCH_SIZE": (_positive_int, 10),
+    "ASYNC_TASK_CONCURRENCY": (_positive_int, 3),
+    "ASYNC_TASK_MAX_PROCESSING_TIME": (_positive_float, 3600.0),
+    "ASYNC_TASK_HEARTBEAT_INTERVAL": (_positive_float, 5.0),
+    "ASYNC_TASK_SHUTDOWN_GRACE": (_positive_float, 30.0),
+    "ASYNC_TASK_PROCESSORS": (_module_list, []),
+    "ASYNC_TASK_REDIS_LOCK_PREFIX": (str, "asynctask:"),
+    "ASYNC_TASK_NOTIFY_RETRY_BASE": (_positive_float, 30.0),
+    "ASYNC_TASK_NOTIFY_MAX_ATTEMPTS": (_positive_int, 8),
+    "ASYNC_TASK_BASE_URL": (str, "http://127.0.0.1:5000"),
+    "REDIS_URL": (_optional_str, None),
+}
+
+# YAML keys of the original module (under ``async-task: consumer:``) -> setting names.
+YAML_CONSUMER_KEYS = {
+    "enabled": "ASYNC_TASK_CONSUMER_ENABLED",
+    "poll-interval": "ASYNC_TASK_POLL_INTERVAL",
+    "batch-size": "ASYNC_TASK_BATCH_SIZE",
+    "concurrency": "ASYNC_TASK_CONCURRENCY",
+    "max-processing-time": "ASYNC_TASK_MAX_PROCESSING_TIME",
+    "heartbeat-interval": "ASYNC_TASK_HEARTBEAT_INTERVAL",
+    "shutdown-grace": "ASYNC_TASK_SHUTDOWN_GRACE",
+}
+YAML_TOP_KEYS = {"processors": "ASYNC_TASK_PROCESSORS"}
+
+
+def normalise_database_url(url: str) -> str:
+    """Map the URL spellings people use for PostgreSQL onto the psycopg 3 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def read_yaml_settings(path: str) -> dict[str, Any]:
+    """Read an ``application.yml``-shaped file into setting names."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"ASYNC_TASK_CONFIG_FILE: no such file: {path}")
+    try:
+        document = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"ASYNC_TASK_CONFIG_FILE: {path} is not valid YAML: {exc}") from exc
+    section = document.get("async-task") if isinstance(document, dict) else None
+    if not isinstance(section, dict):
+        raise ConfigError(f"ASYNC_TASK_CONFIG_FILE: {path} has no 'async-task:' mapping")
+    found: dict[str, Any] = {}
+    consumer = section.get("consumer") or {}
+    if not isinstance(consumer, dict):
+        raise ConfigError(f"ASYNC_TASK_CONFIG_FILE: 'async-task.consumer' in {path} is not a mapping")
+    for key, value in consumer.items():
+        if key not in YAML_CONSUMER_KEYS:
+            raise ConfigError(f"ASYNC_TASK_CONFIG_FILE: unknown key 'async-task.consumer.{key}'")
+        found[YAML_CONSUMER_KEYS[key]] = value
+    for key, value in section.items():
+        if key == "consumer":
+            continue
+        if key not in YAML_TOP_KEYS:
+            raise ConfigError(f"ASYNC_TASK_CONFIG_FILE: unknown key 'async-task.{key}'")
+        found[YAML_TOP_KEYS[key]] = value
+    return found
+
+
+def load_settings(
+    instance_path: str,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Return the application's configuration, parsed and validated."""
+    env = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    raw: dict[str, Any] = {name: default for name, (_, default) in SETTINGS.items()}
+
+    config_file = overrides.get("ASYNC_TASK_CONFIG_FILE") or env.get("ASYNC_TASK_CONFIG_FILE")
+    if config_file:
+        raw.update(read_yaml_settings(str(config_file)))
+    for name in SETTINGS:
+        if name in env:
+            raw[name] = env[name]
+    for name in SETTINGS:
+        if name in overrides:
+            raw[name] = overrides[name]
+
+    settings: dict[str, Any] = {}
+    for name, (parse, _) in SETTINGS.items():
+        try:
+            settings[name] = parse(raw[name])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name}: invalid value {raw[name]!r} ({exc})") from None
+
+    default_db = "sqlite:///" + os.path.join(instance_path, "tasks.sqlite3")
+    database_url = overrides.get("SQLALCHEMY_DATABASE_URI") or env.get("DATABASE_URL") or default_db
+    settings["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(str(database_url))
+    settings["SECRET_KEY"] = overrides.get("SECRET_KEY") or env.get("SECRET_KEY")
+    settings["MAX_CONTENT_LENGTH"] = _positive_int(
+        overrides.get("MAX_CONTENT_LENGTH") or env.get("MAX_CONTENT_LENGTH") or 1024 * 1024
+    )
+    for name in ("MAIL_SERVER", "MAIL_PORT", "MAIL_USE_TLS", "MAIL_USE_SSL", "MAIL_USERNAME",
+                 "MAIL_PASSWORD", "MAIL_DEFAULT_SENDER", "MAIL_TIMEOUT"):
+        if name in env:
+            settings[name] = env[name]
+    # Everything else passed explicitly (tests, embedding applications) goes through untouched.
+    for name, value in overrides.items():
+        if name not in settings and name != "ASYNC_TASK_CONFIG_FILE":
+            settings[name] = value
+    return settings

@@ -1,0 +1,386 @@
+"""The batch consumer: claims due tasks and runs them on a pool of worker threads.
+
+Shape of one consumer process:
+
+* a **dispatcher thread** claims up to ``min(batch_size, free threads)`` due tasks in one
+  statement whenever it is woken, and hands them to the pool. It is woken by the APScheduler
+  ``poll`` job every ``poll_interval``, by a submit in this process, by a PostgreSQL
+  ``NOTIFY`` from a submit in another process, and by a thread finishing while the last claim
+  came back full (drain: no waiting for the next interval while work is queued);
+* ``concurrency`` **worker threads**, each running one task at a time in its own app context;
+* APScheduler jobs for the **heartbeat** (worker row and Redis lock expiry) and the
+  **recovery sweep**, both every ``heartbeat_interval``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import traceback as tb_module
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from flask import Flask
+
+from ..extensions import db
+from .locks import RedisUnavailable, TaskLocks
+from .processor import TaskInfo, TaskResult
+from .registry import payload_from_json
+from .service import WAKE_CHANNEL, AsyncTaskService
+
+log = logging.getLogger(__name__)
+
+
+class Consumer:
+    """One consumer (worker) process's engine; ``start()`` it, ``stop()`` it on shutdown."""
+
+    def __init__(
+        self,
+        app: Flask,
+        *,
+        concurrency: int | None = None,
+        batch_size: int | None = None,
+        poll_interval: float | None = None,
+        heartbeat_interval: float | None = None,
+        max_processing_time: float | None = None,
+        task_types: list[str] | None = None,
+        listen: bool = True,
+    ) -> None:
+        config = app.config
+        self.app = app
+        self.concurrency = concurrency or config["ASYNC_TASK_CONCURRENCY"]
+        self.batch_size = batch_size or config["ASYNC_TASK_BATCH_SIZE"]
+        self.poll_interval = poll_interval or config["ASYNC_TASK_POLL_INTERVAL"]
+        self.heartbeat_interval = heartbeat_interval or config["ASYNC_TASK_HEARTBEAT_INTERVAL"]
+        self.max_processing_time = max_processing_time or config["ASYNC_TASK_MAX_PROCESSING_TIME"]
+        self.task_types = task_types
+        self.listen = listen
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.engine = app.extensions["async_task"]
+        self.locks: TaskLocks | None = self.engine.locks
+
+        self._queue: queue.Queue[TaskInfo | None] = queue.Queue()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._running: dict[int, TaskInfo] = {}
+        self._inflight = 0
+        self._last_claim_full = False
+        self._threads: list[threading.Thread] = []
+        self._scheduler: BackgroundScheduler | None = None
+        self.processed = 0
+        self.failed = 0
+        self.redis_ok = True
+        self.started = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> Consumer:
+        with self.app.app_context():
+            AsyncTaskService().register_worker(self.worker_id, socket.gethostname(), os.getpid(),
+                                               self.concurrency, self.heartbeat_interval)
+        for index in range(self.concurrency):
+            thread = threading.Thread(target=self._work_loop, name=f"task-worker-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        dispatcher = threading.Thread(target=self._dispatch_loop, name="task-dispatcher", daemon=True)
+        dispatcher.start()
+        self._threads.append(dispatcher)
+        if self.listen and self._is_postgres():
+            listener = threading.Thread(target=self._listen_loop, name="task-wake-listener", daemon=True)
+            listener.start()
+        scheduler = BackgroundScheduler(timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1,
+                                                                    "misfire_grace_time": None})
+        now = datetime.now(UTC)
+        scheduler.add_job(self.wake, "interval", seconds=self.poll_interval, id="poll", next_run_time=now)
+        scheduler.add_job(self._heartbeat, "interval", seconds=self.heartbeat_interval, id="heartbeat")
+        scheduler.add_job(self._recover, "interval", seconds=self.heartbeat_interval, id="recovery",
+                          next_run_time=now)
+        scheduler.start()
+        self._scheduler = scheduler
+        self.engine.local_consumers.append(self)
+        self.started = True
+        log.info("consumer %s started: concurrency=%s batch=%s poll=%ss", self.worker_id,
+                 self.concurrency, self.batch_size, self.poll_interval)
+        return self
+
+    def stop(self, grace: float | None = None) -> list[int]:
+        """Claim nothing new, let running tasks finish within ``grace``, release the rest."""
+        if not self.started or self._stopping.is_set():
+            return []
+        grace = self.app.config["ASYNC_TASK_SHUTDOWN_GRACE"] if grace is None else grace
+        self._stopping.set()
+        self._wake.set()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        if self in self.engine.local_consumers:
+            self.engine.local_consumers.remove(self)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._inflight == 0:
+                    break
+            time.sleep(0.05)
+        for _ in self._threads:
+            self._queue.put(None)
+        with self._lock:
+            leftovers = list(self._running.values())
+        while not self._queue.empty():  # claimed but never started
+            item = self._queue.get_nowait()
+            if item is not None:
+                leftovers.append(item)
+        released: list[int] = []
+        with self.app.app_context():
+            service = AsyncTaskService()
+            if leftovers:
+                released = service.release_tasks(leftovers, self.worker_id,
+                                                 reason="worker shut down before the task finished")
+                log.warning("released %d task(s) on shutdown: %s", len(released), released)
+            self._release_locks(leftovers)
+            service.stop_worker(self.worker_id)
+            db.session.remove()
+        self.started = False
+        log.info("consumer %s stopped", self.worker_id)
+        return released
+
+    def wake(self) -> None:
+        """Ask the dispatcher to claim now (cheap; safe from any thread)."""
+        self._wake.set()
+
+    @property
+    def busy(self) -> int:
+        with self._lock:
+            return self._inflight
+
+    # -- dispatching -------------------------------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(timeout=self.poll_interval)
+            self._wake.clear()
+            if self._stopping.is_set():
+                break
+            try:
+                self._claim_while_free()
+            except Exception:
+                log.exception("claim failed; retrying at the next poll")
+                time.sleep(min(1.0, self.poll_interval))
+
+    def _claim_while_free(self) -> None:
+        while not self._stopping.is_set():
+            with self._lock:
+                free = self.concurrency - self._inflight
+            if free <= 0:
+                self._last_claim_full = True
+                return
+            wanted = min(self.batch_size, free)
+            with self.app.app_context():
+                try:
+                    claimed = AsyncTaskService().claim_due_tasks(self.worker_id, wanted, self.task_types)
+                finally:
+                    db.session.remove()
+            claimed = self._lock_in_redis(claimed)
+            with self._lock:
+                self._inflight += len(claimed)
+                for task in claimed:
+                    self._running[task.id] = task
+                self._last_claim_full = len(claimed) >= wanted
+            for task in claimed:
+                self._queue.put(task)
+            if len(claimed) < wanted:
+                return
+
+    def _lock_in_redis(self, claimed: list[TaskInfo]) -> list[TaskInfo]:
+        if self.locks is None or not claimed:
+            return claimed
+        try:
+            held = self.locks.acquire_many((t.id, t.claim_token) for t in claimed)
+        except RedisUnavailable as exc:
+            self._redis_down(exc)
+            return claimed
+        self._redis_up()
+        refused = [t for t in claimed if t.id not in held]
+        if refused:
+            # Someone still holds the Redis lock (a stale attempt not yet recovered): give back.
+            log.warning("Redis lock held elsewhere for task(s) %s; releasing the claim",
+                        [t.id for t in refused])
+            with self.app.app_context():
+                AsyncTaskService().release_tasks(refused, self.worker_id,
+                                                 reason="Redis lock held by another worker")
+                db.session.remove()
+        return [t for t in claimed if t.id in held]
+
+    # -- running tasks -----------------------------------------------------------------------
+
+    def _work_loop(self) -> None:
+        while True:
+            task = self._queue.get()
+            if task is None:
+                return
+            try:
+                self._run(task)
+            except Exception:
+                log.exception("task %s: unexpected error in the worker thread", task.id)
+            finally:
+                with self._lock:
+                    self._inflight -= 1
+                    self._running.pop(task.id, None)
+                    drain = self._last_claim_full
+                if drain:
+                    self.wake()
+
+    def _run(self, task: TaskInfo) -> None:
+        with self.app.app_context():
+            service = AsyncTaskService()
+            try:
+                result, trace = self._execute(service, task)
+                try:
+                    outcome = service.finish_task(task, result, worker_id=self.worker_id, traceback=trace)
+                except Exception as exc:
+                    # Committing the processor's own writes failed (constraint, lost connection):
+                    # the attempt fails as a whole and nothing of it is kept.
+                    db.session.rollback()
+                    log.exception("task %s: finishing failed", task.id)
+                    outcome = service.finish_task(
+                        task, TaskResult.failure(f"could not commit the result: {type(exc).__name__}: {exc}"),
+                        worker_id=self.worker_id, traceback=tb_module.format_exc())
+            finally:
+                db.session.remove()
+        self._release_locks([task])
+        if outcome.status == "SUCCESS":
+            self.processed += 1
+        elif outcome.status is not None:
+            self.failed += 1
+        log.info("task %s (%s) attempt %s -> %s", task.id, task.task_type, task.attempt,
+                 outcome.status or "lease lost, result discarded")
+
+    def _execute(self, service: AsyncTaskService, task: TaskInfo) -> tuple[TaskResult, str | None]:
+        processor = service.registry.get(task.task_type)
+        if processor is None:
+            return TaskResult.failure(f"no processor registered for task type {task.task_type!r}",
+                                      retryable=False), None
+        try:
+            payload: Any = task.payload
+            if processor.payload_type is not None:
+                payload = payload_from_json(processor.payload_type, task.payload)
+            result = processor.process(task, payload)
+        except Exception as exc:
+            db.session.rollback()  # the processor's own writes go with its failed attempt
+            log.warning("task %s (%s) attempt %s raised %s: %s", task.id, task.task_type, task.attempt,
+                        type(exc).__name__, exc)
+            return TaskResult.failure(f"{type(exc).__name__}: {exc}"), tb_module.format_exc()
+        if result is None:
+            return TaskResult.success(), None
+        if isinstance(result, dict):
+            return TaskResult.success(result), None
+        if not isinstance(result, TaskResult):
+            db.session.rollback()
+            return TaskResult.failure(f"process() returned {type(result).__name__}, expected TaskResult",
+                                      retryable=False), None
+        return result, None
+
+    # -- heartbeat, recovery, Redis ----------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        with self.app.app_context():
+            try:
+                alive = AsyncTaskService().heartbeat(self.worker_id, self.busy, self.processed, self.failed)
+                if not alive:
+                    log.error("worker %s had been declared dead (missed heartbeats); rejoining. Results "
+                              "of tasks recovered meanwhile will be refused by their fencing token.",
+                              self.worker_id)
+                    AsyncTaskService().revive_worker(self.worker_id, socket.gethostname(), os.getpid(),
+                                                     self.concurrency, self.heartbeat_interval)
+            except Exception:
+                log.exception("heartbeat failed")
+            finally:
+                db.session.remove()
+        if self.locks is not None:
+            with self._lock:
+                running = [(t.id, t.claim_token) for t in self._running.values()]
+            try:
+                lost = self.locks.extend_many(running)
+                if lost:
+                    log.warning("Redis lock missing for running task(s) %s (expired or deleted); "
+                                "the database lease still protects them", sorted(lost))
+                self._redis_up()
+            except RedisUnavailable as exc:
+                self._redis_down(exc)
+
+    def _recover(self) -> None:
+        with self.app.app_context():
+            try:
+                if self.locks is not None:
+                    try:
+                        with self.locks.sweep_lock(ttl_seconds=max(5.0, self.heartbeat_interval * 2)) as mine:
+                            if not mine:
+                                return
+                            recovered = self._sweep()
+                        self._redis_up()
+                    except RedisUnavailable as exc:
+                        self._redis_down(exc)
+                        recovered = self._sweep()
+                else:
+                    recovered = self._sweep()
+                if recovered and self.locks is not None:
+                    try:
+                        self.locks.force_release(recovered)
+                    except RedisUnavailable as exc:
+                        self._redis_down(exc)
+            except Exception:
+                log.exception("recovery sweep failed")
+            finally:
+                db.session.remove()
+
+    def _sweep(self) -> list[int]:
+        return AsyncTaskService().recover_orphans(self.max_processing_time, self.heartbeat_interval)
+
+    def _release_locks(self, tasks: list[TaskInfo]) -> None:
+        if self.locks is None or not tasks:
+            return
+        try:
+            self.locks.release_many((t.id, t.claim_token) for t in tasks)
+        except RedisUnavailable as exc:
+            self._redis_down(exc)
+
+    def _redis_down(self, exc: Exception) -> None:
+        if self.redis_ok:
+            log.error("REDIS UNAVAILABLE: %s. Continuing on database claims alone.", exc)
+        self.redis_ok = False
+        self.engine.redis_ok = False
+
+    def _redis_up(self) -> None:
+        if not self.redis_ok:
+            log.warning("Redis is reachable again; per-task locks resumed")
+        self.redis_ok = True
+        self.engine.redis_ok = True
+
+    # -- cross-process wake-up ---------------------------------------------------------------
+
+    def _is_postgres(self) -> bool:
+        with self.app.app_context():
+            return bool(db.engine.dialect.name == "postgresql")
+
+    def _listen_loop(self) -> None:
+        """LISTEN for submits committed by other processes; each NOTIFY wakes the dispatcher."""
+        import psycopg
+
+        with self.app.app_context():
+            url = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {WAKE_CHANNEL}")
+                    while not self._stopping.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self.wake()
+            except Exception as exc:
+                if not self._stopping.is_set():
+                    log.warning("wake-up listener lost its connection (%s); reconnecting", exc)
+                    self._stopping.wait(1.0)

@@ -1,0 +1,88 @@
+"""Binds the engine to a Flask app: processor registry, Redis locks, in-process consumers."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from typing import TYPE_CHECKING
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from ..extensions import db
+from .locks import TaskLocks
+from .registry import ProcessorRegistry
+
+if TYPE_CHECKING:
+    from .consumer import Consumer
+
+log = logging.getLogger(__name__)
+
+
+class TaskEngine:
+    """Per-app engine state, kept in ``app.extensions['async_task']``."""
+
+    def __init__(self, registry: ProcessorRegistry, locks: TaskLocks | None) -> None:
+        self.registry = registry
+        self.locks = locks
+        self.local_consumers: list[Consumer] = []
+        self.redis_ok: bool | None = None if locks is None else True
+
+    def announce_new_work(self) -> None:
+        """Wake this process's consumers (other processes hear the database's NOTIFY)."""
+        for consumer in list(self.local_consumers):
+            consumer.wake()
+
+
+def init_engine(app: Flask, registry: ProcessorRegistry | None = None) -> TaskEngine:
+    """Load processors and set up locks; a duplicate task type or a bad module fails here."""
+    if registry is None:
+        registry = ProcessorRegistry()
+        registry.load_modules(app.config["ASYNC_TASK_PROCESSORS"])
+        registry.load_entry_points()
+    redis_url = app.config.get("REDIS_URL")
+    heartbeat = app.config["ASYNC_TASK_HEARTBEAT_INTERVAL"]
+    locks = (TaskLocks(redis_url, app.config["ASYNC_TASK_REDIS_LOCK_PREFIX"], ttl_seconds=3 * heartbeat)
+             if redis_url else None)
+    engine = TaskEngine(registry, locks)
+    app.extensions["async_task"] = engine
+    with app.app_context():
+        _tune_sqlite(db.engine)
+    return engine
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    """SQLite: WAL (readers never block the writer), a busy timeout, explicit transactions.
+
+    pysqlite's own transaction handling is switched off so that SQLAlchemy emits BEGIN itself,
+    which lets writers ask for BEGIN IMMEDIATE (see ``AsyncTaskService._begin_write``).
+    """
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection):  # type: ignore[no-untyped-def]
+        mode = connection.get_execution_options().get("sqlite_begin")
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")
+
+
+def start_embedded_consumer(app: Flask) -> Consumer | None:
+    """Start a consumer inside this (web) process when ASYNC_TASK_CONSUMER_ENABLED says so."""
+    if not app.config["ASYNC_TASK_CONSUMER_ENABLED"]:
+        return None
+    from .consumer import Consumer
+
+    consumer = Consumer(app).start()
+    atexit.register(consumer.stop, 5.0)
+    return consumer

@@ -1,0 +1,54 @@
+"""Errors the engine raises. Front ends map them to their own form (HTTP status, exit code)."""
+
+from __future__ import annotations
+
+
+class TaskError(Exception):
+    """Base class of every engine error; ``code`` is a stable machine-readable name."""
+
+    code = "task_error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class ValidationError(TaskError):
+    """An argument is missing, of the wrong type or out of range; nothing was written."""
+
+    code = "invalid_argument"
+
+
+class UnknownTaskType(ValidationError):
+    """No processor is registered for the task type."""
+
+    code = "unknown_task_type"
+
+
+class InvalidPayload(ValidationError):
+    """The payload is not a JSON object or does not fit the processor's payload type."""
+
+    code = "invalid_payload"
+
+
+class TaskNotFound(TaskError):
+    """No task has that id."""
+
+    code = "not_found"
+
+
+class InvalidTransition(TaskError):
+    """The task's current status does not allow the requested change."""
+
+    code = "invalid_transition"
+
+    def __init__(self, message: str, *, current_status: str | None = None) -> None:
+        super().__init__(message)
+        self.current_status = current_status
+
+
+class RegistryError(TaskError):
+    """Processors could not be registered (duplicate task type, bad module): a start-up error."""
+
+    code = "registry_error"

@@ -1,0 +1,121 @@
+"""Redis locks: one per running task (token + TTL, compare-and-delete) and one for the sweep.
+
+The database claim alone already guarantees one owner per attempt; the Redis lock is the
+seed's second line against duplicate processing across instances. Every call raises
+``RedisUnavailable`` when Redis cannot be reached, and the consumer carries on on database
+claims alone, logging loudly.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import redis
+
+log = logging.getLogger(__name__)
+
+# KEYS[1] = lock key, ARGV[1] = token: delete only if we still hold it.
+RELEASE_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+# KEYS[1] = lock key, ARGV[1] = token, ARGV[2] = ttl ms: extend only if we still hold it.
+EXTEND_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+class RedisUnavailable(RuntimeError):
+    """Redis could not be reached or answered with an error."""
+
+
+class TaskLocks:
+    """Per-task Redis locks, taken and released in pipelined batches."""
+
+    def __init__(self, url: str, prefix: str = "asynctask:", ttl_seconds: float = 15.0) -> None:
+        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.prefix = prefix
+        self.ttl_ms = max(1000, int(ttl_seconds * 1000))
+        self._release = self.client.register_script(RELEASE_SCRIPT)
+        self._extend = self.client.register_script(EXTEND_SCRIPT)
+
+    def key(self, task_id: int) -> str:
+        return f"{self.prefix}lock:task:{task_id}"
+
+    def acquire_many(self, claims: Iterable[tuple[int, str]]) -> set[int]:
+        """Take the lock of each (task id, token); return the ids whose lock we now hold."""
+        claims = list(claims)
+        if not claims:
+            return set()
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for task_id, token in claims:
+                pipe.set(self.key(task_id), token, nx=True, px=self.ttl_ms)
+            answers = pipe.execute()
+        except redis.RedisError as exc:
+            raise RedisUnavailable(str(exc)) from exc
+        return {task_id for (task_id, _), ok in zip(claims, answers, strict=True) if ok}
+
+    def release_many(self, claims: Iterable[tuple[int, str]]) -> None:
+        claims = list(claims)
+        if not claims:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for task_id, token in claims:
+                self._release(keys=[self.key(task_id)], args=[token], client=pipe)
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise RedisUnavailable(str(exc)) from exc
+
+    def extend_many(self, claims: Iterable[tuple[int, str]]) -> set[int]:
+        """Push back the expiry of locks we hold; return the ids whose lock was gone or taken."""
+        claims = list(claims)
+        if not claims:
+            return set()
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for task_id, token in claims:
+                self._extend(keys=[self.key(task_id)], args=[token, self.ttl_ms], client=pipe)
+            answers = pipe.execute()
+        except redis.RedisError as exc:
+            raise RedisUnavailable(str(exc)) from exc
+        return {task_id for (task_id, _), ok in zip(claims, answers, strict=True) if not ok}
+
+    def force_release(self, task_ids: Iterable[int]) -> None:
+        """Drop locks of tasks the recovery sweep took away from a dead or overdue worker."""
+        keys = [self.key(task_id) for task_id in task_ids]
+        if not keys:
+            return
+        try:
+            self.client.delete(*keys)
+        except redis.RedisError as exc:
+            raise RedisUnavailable(str(exc)) from exc
+
+    @contextmanager
+    def sweep_lock(self, ttl_seconds: float) -> Iterator[bool]:
+        """Hold the recovery-sweep lock while the block runs; yields False if another holds it."""
+        key = f"{self.prefix}lock:recovery-sweep"
+        token = uuid.uuid4().hex
+        try:
+            acquired = bool(self.client.set(key, token, nx=True, px=max(1000, int(ttl_seconds * 1000))))
+        except redis.RedisError as exc:
+            raise RedisUnavailable(str(exc)) from exc
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                try:
+                    self._release(keys=[key], args=[token])
+                except redis.RedisError:
+                    log.warning("could not release the recovery-sweep lock; it expires by itself")
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False

@@ -1,0 +1,888 @@
+"""``AsyncTaskService``: the one way in. Every state change of a task goes through here.
+
+Each transition is a single conditional ``UPDATE ... WHERE status IN (...)`` (plus the claim
+token where a worker's lease is involved), so cancel, retry, recovery and a worker's finish
+racing each other have exactly one winner; the loser sees zero rows and gets a clear error.
+
+Times: on PostgreSQL the database clock (``statement_timestamp()``) is used for every
+comparison and stamp, so a worker whose own clock is wrong can neither claim delayed tasks
+early nor recover live tasks. SQLite is one machine by nature, so Python's clock is used there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, is_dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import (
+    Interval,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    type_coerce,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from ..extensions import db
+from .errors import (
+    InvalidPayload,
+    InvalidTransition,
+    TaskNotFound,
+    UnknownTaskType,
+    ValidationError,
+)
+from .models import (
+    WAITING_STATUSES,
+    AsyncTask,
+    AuditEntry,
+    TaskEvent,
+    TaskEventKind,
+    TaskStatus,
+    TaskTypeState,
+    UTCDateTime,
+    Worker,
+    utcnow,
+)
+from .processor import TaskInfo, TaskProcessor, TaskResult
+from .registry import ProcessorRegistry, payload_from_json
+from .retry import next_retry_delay
+
+log = logging.getLogger(__name__)
+
+WAKE_CHANNEL = "async_task_new_work"
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+MAX_ERROR_LENGTH = 20_000
+CLAIM_RETURNING = (
+    AsyncTask.id,
+    AsyncTask.task_type,
+    AsyncTask.payload,
+    AsyncTask.priority,
+    AsyncTask.retry_count,
+    AsyncTask.max_retry_count,
+    AsyncTask.created_by,
+    AsyncTask.created_at,
+    AsyncTask.attempts,
+    AsyncTask.claim_token,
+    AsyncTask.retry_strategy,
+    AsyncTask.retry_interval,
+    AsyncTask.retry_max_delay,
+    AsyncTask.retry_jitter,
+)
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    """A submitted task, and whether this call created it (False: idempotent repeat)."""
+
+    task: AsyncTask
+    created: bool
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """Filters shared by the API, the console and the CLI (all optional)."""
+
+    task_type: str | None = None
+    statuses: tuple[str, ...] = ()
+    created_by: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    priority_min: int | None = None
+    priority_max: int | None = None
+    task_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One keyset page of tasks, newest first; ``next_cursor`` is the id to continue below."""
+
+    items: list[AsyncTask]
+    next_cursor: int | None
+
+
+@dataclass(frozen=True)
+class FinishOutcome:
+    """What a worker's finish did: the status written, or ``None`` when the lease was lost."""
+
+    status: str | None
+    retry_delay: float | None = None
+
+
+def engine_state() -> Any:
+    """The engine object ``init_engine`` put on the current app."""
+    return current_app.extensions["async_task"]
+
+
+class AsyncTaskService:
+    """Submit, read, cancel and retry tasks; claim, finish and recover them for consumers.
+
+    Construct it with no arguments inside an application context; it uses the app's
+    processor registry and the Flask-SQLAlchemy session.
+    """
+
+    def __init__(self, registry: ProcessorRegistry | None = None, session: Session | None = None) -> None:
+        self.registry: ProcessorRegistry = registry or engine_state().registry
+        self._session = session
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @property
+    def session(self) -> Session:
+        return self._session or db.session()
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.session.get_bind().dialect.name == "postgresql"
+
+    def _now(self) -> ColumnElement[datetime]:
+        if self.is_postgres:
+            return func.statement_timestamp(type_=UTCDateTime())
+        return literal(utcnow(), UTCDateTime())
+
+    def _now_plus(self, seconds: float) -> ColumnElement[datetime]:
+        if self.is_postgres:
+            shifted = func.statement_timestamp() + literal(timedelta(seconds=seconds), Interval())
+            return type_coerce(shifted, UTCDateTime())
+        return literal(utcnow() + timedelta(seconds=seconds), UTCDateTime())
+
+    def _begin_write(self) -> None:
+        """On SQLite, start the transaction with BEGIN IMMEDIATE so it can never fail to upgrade.
+
+        A deferred SQLite transaction that read first and writes later can be refused with
+        "database is locked" (busy snapshot) no matter how long it waits; taking the write lock
+        up front makes it wait in line instead. PostgreSQL needs nothing.
+        """
+        session = self.session
+        if session.in_transaction():
+            return
+        if session.get_bind().dialect.name == "sqlite":
+            session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+
+    def _event(self, task_id: int, kind: TaskEventKind, **fields: Any) -> dict[str, Any]:
+        row = {"task_id": task_id, "kind": kind.value, "at": utcnow()}
+        row.update(fields)
+        return row
+
+    def _write_events(self, events: Sequence[dict[str, Any]]) -> None:
+        if events:
+            keys = ("task_id", "kind", "at", "from_status", "to_status", "attempt", "worker_id",
+                    "actor", "message", "traceback")
+            rows = [{key: event.get(key) for key in keys} for event in events]
+            self.session.execute(insert(TaskEvent), rows)
+
+    def audit(self, actor: str | None, action: str, target_type: str | None, target_id: Any,
+              outcome: str = "ok", detail: dict[str, Any] | None = None) -> None:
+        """Record an operator action in the audit log (committed with the caller's transaction)."""
+        self.session.add(AuditEntry(
+            actor=actor, action=action, target_type=target_type,
+            target_id=None if target_id is None else str(target_id), outcome=outcome, detail=detail,
+        ))
+
+    def processor_for(self, task_type: str) -> TaskProcessor:
+        processor = self.registry.get(task_type)
+        if processor is None:
+            raise UnknownTaskType(f"unknown task type {task_type!r}", field="task_type")
+        return processor
+
+    # -- submit ------------------------------------------------------------------------------
+
+    def submit_task(
+        self,
+        task_type: str,
+        payload: Any,
+        priority: int | None = None,
+        created_by: str | None = None,
+        run_at: datetime | None = None,
+        **options: Any,
+    ) -> AsyncTask:
+        """Queue a task and return it (status PENDING). Invalid input raises, writing nothing."""
+        return self.submit(task_type, payload, priority, created_by, run_at, **options).task
+
+    def submit(
+        self,
+        task_type: str,
+        payload: Any,
+        priority: int | None = None,
+        created_by: str | None = None,
+        run_at: datetime | None = None,
+        *,
+        idempotency_key: str | None = None,
+        idempotency_scope: str | None = None,
+        notify_url: str | None = None,
+        parent_id: int | None = None,
+        commit: bool = True,
+    ) -> SubmitOutcome:
+        """Like ``submit_task`` but says whether an idempotent repeat returned an existing task."""
+        row = self._validated_row(task_type, payload, priority, created_by, run_at,
+                                  idempotency_key, idempotency_scope, notify_url, parent_id)
+        if idempotency_key is not None:
+            existing = self._find_idempotent(idempotency_scope, idempotency_key)
+            if existing is not None:
+                return SubmitOutcome(existing, False)
+        task = AsyncTask(**row)
+        self._begin_write()
+        try:
+            self.session.add(task)
+            self.session.flush()
+        except IntegrityError:
+            # Two submits with one idempotency key raced; the other one won.
+            self.session.rollback()
+            existing = self._find_idempotent(idempotency_scope, idempotency_key)
+            if existing is None:
+                raise
+            return SubmitOutcome(existing, False)
+        self._write_events([self._event(task.id, TaskEventKind.SUBMITTED, to_status=task.status,
+                                        actor=created_by)])
+        if commit:
+            self._commit_new_work()
+        return SubmitOutcome(task, True)
+
+    def submit_many(self, items: Iterable[dict[str, Any]], *, idempotency_scope: str | None = None,
+                    commit: bool = True) -> list[AsyncTask]:
+        """Queue many tasks in one transaction; if any item is invalid, none is written.
+
+        Each item is a mapping with the ``submit_task`` arguments (``task_type``, ``payload``,
+        ``priority``, ``created_by``, ``run_at``, ``notify_url``). Errors name the item index.
+        """
+        rows = []
+        allowed = {"task_type", "payload", "priority", "created_by", "run_at", "notify_url"}
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise ValidationError(f"item {index} must be an object", field=f"tasks[{index}]")
+            unknown = sorted(set(item) - allowed)
+            if unknown:
+                raise ValidationError(f"item {index} has unknown field {unknown[0]!r}",
+                                      field=f"tasks[{index}].{unknown[0]}")
+            try:
+                rows.append(self._validated_row(
+                    item.get("task_type"), item.get("payload"), item.get("priority"),
+                    item.get("created_by"), item.get("run_at"), None, idempotency_scope,
+                    item.get("notify_url"), None))
+            except ValidationError as exc:
+                field = f"tasks[{index}].{exc.field}" if exc.field else f"tasks[{index}]"
+                raise type(exc)(f"item {index}: {exc.message}", field=field) from None
+        if not rows:
+            return []
+        self._begin_write()
+        ids = self.session.execute(insert(AsyncTask).returning(AsyncTask.id, sort_by_parameter_order=True),
+                                   rows).scalars().all()
+        self._write_events([
+            self._event(task_id, TaskEventKind.SUBMITTED, to_status=TaskStatus.PENDING.value,
+                        actor=row.get("created_by"))
+            for task_id, row in zip(ids, rows, strict=True)
+        ])
+        if commit:
+            self._commit_new_work()
+        tasks = self.session.scalars(select(AsyncTask).where(AsyncTask.id.in_(ids)).order_by(AsyncTask.id)).all()
+        return list(tasks)
+
+    def _find_idempotent(self, scope: str | None, key: str | None) -> AsyncTask | None:
+        scope_clause = AsyncTask.idempotency_scope.is_(None) if scope is None else AsyncTask.idempotency_scope == scope
+        return self.session.scalars(
+            select(AsyncTask).where(scope_clause, AsyncTask.idempotency_key == key)
+        ).first()
+
+    def _validated_row(self, task_type: Any, payload: Any, priority: Any, created_by: Any, run_at: Any,
+                       idempotency_key: Any, idempotency_scope: Any, notify_url: Any,
+                       parent_id: Any) -> dict[str, Any]:
+        if not isinstance(task_type, str) or not task_type.strip():
+            raise ValidationError("task_type is required and must be a non-empty string", field="task_type")
+        processor = self.processor_for(task_type)
+        data, typed = self._validated_payload(processor, payload)
+        priority = self._validated_priority(processor, typed, priority)
+        if created_by is not None and (not isinstance(created_by, str) or len(created_by) > 255):
+            raise ValidationError("created_by must be a string of at most 255 characters", field="created_by")
+        now = utcnow()
+        next_run_at = now
+        if run_at is not None:
+            next_run_at = parse_time(run_at, "run_at")
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not idempotency_key or len(idempotency_key) > 200
+        ):
+            raise ValidationError("idempotency_key must be a string of 1 to 200 characters",
+                                  field="idempotency_key")
+        if notify_url is not None:
+            from .notify import validate_webhook_url
+
+            validate_webhook_url(notify_url, field="notify_url")
+        config = processor.get_retry_config()
+        return {
+            "task_type": task_type,
+            "status": TaskStatus.PENDING.value,
+            "priority": priority,
+            "payload": data,
+            "retry_count": 0,
+            "max_retry_count": config.max_retry_count,
+            "retry_strategy": config.strategy.value,
+            "retry_interval": float(config.base_interval),
+            "retry_max_delay": config.max_delay,
+            "retry_jitter": config.jitter,
+            "created_by": created_by,
+            "created_at": now,
+            "updated_at": now,
+            "next_run_at": next_run_at,
+            "idempotency_key": idempotency_key,
+            "idempotency_scope": idempotency_scope if idempotency_key is not None else None,
+            "notify_url": notify_url,
+            "parent_id": parent_id,
+            "attempts": 0,
+            "recovery_count": 0,
+        }
+
+    def _validated_payload(self, processor: TaskProcessor, payload: Any) -> tuple[dict[str, Any], Any]:
+        payload_type = processor.payload_type
+        if payload_type is not None and isinstance(payload, payload_type):
+            data = asdict(payload) if is_dataclass(payload) else payload.model_dump()  # type: ignore[attr-defined]
+        elif isinstance(payload, dict):
+            data = payload
+        elif is_dataclass(payload) and not isinstance(payload, type):
+            raise InvalidPayload(
+                f"payload is a {type(payload).__name__}, but task type {processor.get_task_type()!r} "
+                f"expects {getattr(payload_type, '__name__', 'a JSON object')}", field="payload")
+        else:
+            raise InvalidPayload(f"payload must be a JSON object, got {type(payload).__name__}",
+                                 field="payload")
+        try:
+            encoded = json.dumps(data, allow_nan=False, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise InvalidPayload(f"payload is not JSON-serialisable: {exc}", field="payload") from None
+        if any(not isinstance(key, str) for key in data):
+            raise InvalidPayload("payload keys must be strings", field="payload")
+        data = json.loads(encoded)  # a plain JSON copy: what is stored is what the worker gets
+        typed = payload_from_json(payload_type, data) if payload_type is not None else data
+        return data, typed
+
+    def _validated_priority(self, processor: TaskProcessor, typed_payload: Any, priority: Any) -> int:
+        if priority is None:
+            priority = processor.get_priority(typed_payload)
+            if priority is None:
+                return 0
+            source = f"{type(processor).__name__}.get_priority()"
+        else:
+            source = "priority"
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ValidationError(f"{source} must be an integer, got {priority!r}", field="priority")
+        if not INT32_MIN <= priority <= INT32_MAX:
+            raise ValidationError(f"{source} must be between {INT32_MIN} and {INT32_MAX}", field="priority")
+        return priority
+
+    def _commit_new_work(self) -> None:
+        """Commit a transaction that made tasks due, waking consumers everywhere.
+
+        On PostgreSQL a ``NOTIFY`` inside the transaction is delivered to every listening
+        consumer process at commit (one signal per commit, however many rows); consumers in
+        this process are woken directly.
+        """
+        if self.is_postgres:
+            self.session.execute(text(f"NOTIFY {WAKE_CHANNEL}"))
+        self.session.commit()
+        self._announce_new_work()
+
+    def _announce_new_work(self) -> None:
+        try:
+            engine_state().announce_new_work()
+        except Exception:  # a wake-up is an optimisation; polling still finds the task
+            log.exception("could not announce new work")
+
+    # -- read --------------------------------------------------------------------------------
+
+    def get_task(self, task_id: Any) -> AsyncTask | None:
+        """The task with that id, or ``None``."""
+        return self.session.get(AsyncTask, validate_task_id(task_id))
+
+    def require_task(self, task_id: Any) -> AsyncTask:
+        task = self.get_task(task_id)
+        if task is None:
+            raise TaskNotFound(f"task {task_id} does not exist")
+        return task
+
+    def get_tasks_by_type(self, task_type: str, status: str | None = None, limit: int = 100,
+                          before_id: int | None = None) -> list[AsyncTask]:
+        """Tasks of one type (optionally one status), newest first."""
+        statuses = (validate_status(status),) if status is not None else ()
+        return self.list_tasks(TaskFilter(task_type=task_type, statuses=statuses), limit, before_id).items
+
+    def filtered_query(self, filters: TaskFilter) -> Any:
+        query = select(AsyncTask)
+        return query.where(*self._filter_clauses(filters))
+
+    def _filter_clauses(self, filters: TaskFilter) -> list[ColumnElement[bool]]:
+        clauses: list[ColumnElement[bool]] = []
+        if filters.task_type:
+            clauses.append(AsyncTask.task_type == filters.task_type)
+        if filters.statuses:
+            clauses.append(AsyncTask.status.in_([validate_status(s) for s in filters.statuses]))
+        if filters.created_by:
+            clauses.append(AsyncTask.created_by == filters.created_by)
+        if filters.created_after is not None:
+            clauses.append(AsyncTask.created_at >= filters.created_after)
+        if filters.created_before is not None:
+            clauses.append(AsyncTask.created_at < filters.created_before)
+        if filters.priority_min is not None:
+            clauses.append(AsyncTask.priority >= filters.priority_min)
+        if filters.priority_max is not None:
+            clauses.append(AsyncTask.priority <= filters.priority_max)
+        if filters.task_id is not None:
+            clauses.append(AsyncTask.id == filters.task_id)
+        return clauses
+
+    def list_tasks(self, filters: TaskFilter | None = None, limit: int = 50,
+                   cursor: int | None = None) -> TaskPage:
+        """A keyset page of tasks matching ``filters``, newest first, continuing below ``cursor``."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
+            raise ValidationError("limit must be an integer from 1 to 500", field="limit")
+        query = self.filtered_query(filters or TaskFilter())
+        if cursor is not None:
+            query = query.where(AsyncTask.id < validate_task_id(cursor, "cursor"))
+        rows = list(self.session.scalars(query.order_by(AsyncTask.id.desc()).limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return TaskPage(rows, rows[-1].id if more and rows else None)
+
+    def events_for(self, task_id: int) -> list[TaskEvent]:
+        return list(self.session.scalars(
+            select(TaskEvent).where(TaskEvent.task_id == task_id).order_by(TaskEvent.id)))
+
+    def count_by_status(self, task_type: str | None = None) -> dict[str, int]:
+        query = select(AsyncTask.status, func.count()).group_by(AsyncTask.status)
+        if task_type is not None:
+            query = query.where(AsyncTask.task_type == task_type)
+        counts = {status.value: 0 for status in TaskStatus}
+        counts.update({status: count for status, count in self.session.execute(query)})
+        return counts
+
+    # -- operator transitions ----------------------------------------------------------------
+
+    def cancel_task(self, task_id: Any, actor: str | None = None) -> AsyncTask:
+        """PENDING or RETRYING -> CANCELLED. Any other status is refused with InvalidTransition."""
+        task_id = validate_task_id(task_id)
+        self._begin_write()
+        changed = self.session.execute(
+            update(AsyncTask)
+            .where(AsyncTask.id == task_id, AsyncTask.status.in_(WAITING_STATUSES))
+            .values(status=TaskStatus.CANCELLED.value, finished_at=self._now(), updated_at=self._now())
+            .returning(AsyncTask.id)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if changed is None:
+            self.session.rollback()
+            self._refuse(task_id, actor, "cancel", "only PENDING or RETRYING tasks can be cancelled")
+        self._write_events([self._event(task_id, TaskEventKind.CANCELLED,
+                                        to_status=TaskStatus.CANCELLED.value, actor=actor)])
+        if actor is not None:
+            self.audit(actor, "task.cancel", "task", task_id)
+        self.session.commit()
+        return self.require_task(task_id)
+
+    def retry_task(self, task_id: Any, actor: str | None = None) -> AsyncTask:
+        """FAILURE -> PENDING with the retry count back at 0. Any other status is refused."""
+        task_id = validate_task_id(task_id)
+        self._begin_write()
+        now = self._now()
+        changed = self.session.execute(
+            update(AsyncTask)
+            .where(AsyncTask.id == task_id, AsyncTask.status == TaskStatus.FAILURE.value)
+            .values(status=TaskStatus.PENDING.value, retry_count=0, recovery_count=0,
+                    next_run_at=now, updated_at=now, finished_at=None, started_at=None,
+                    claim_token=None, worker_id=None)
+            .returning(AsyncTask.id)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if changed is None:
+            self.session.rollback()
+            self._refuse(task_id, actor, "retry", "only FAILURE tasks can be retried")
+        self._write_events([self._event(task_id, TaskEventKind.RETRIED, from_status=TaskStatus.FAILURE.value,
+                                        to_status=TaskStatus.PENDING.value, actor=actor)])
+        if actor is not None:
+            self.audit(actor, "task.retry", "task", task_id)
+        self._commit_new_work()
+        return self.require_task(task_id)
+
+    def _refuse(self, task_id: int, actor: str | None, action: str, rule: str) -> None:
+        task = self.get_task(task_id)
+        if task is None:
+            raise TaskNotFound(f"task {task_id} does not exist")
+        if actor is not None:
+            self.audit(actor, f"task.{action}", "task", task_id, outcome="refused",
+                       detail={"status": task.status})
+            self.session.commit()
+        raise InvalidTransition(f"cannot {action} task {task_id}: it is {task.status}; {rule}",
+                                current_status=task.status)
+
+    # -- consumer side: claim, finish, release -----------------------------------------------
+
+    def paused_task_types(self) -> list[str]:
+        return list(self.session.scalars(select(TaskTypeState.task_type).where(TaskTypeState.paused)))
+
+    def claim_due_tasks(self, worker_id: str, limit: int, task_types: Sequence[str] | None = None) -> list[TaskInfo]:
+        """Atomically move up to ``limit`` due waiting tasks to PROCESSING for ``worker_id``.
+
+        One statement: ``UPDATE ... WHERE id IN (SELECT id ... ORDER BY priority DESC,
+        next_run_at, id LIMIT n [FOR UPDATE SKIP LOCKED]) RETURNING ...``. On PostgreSQL,
+        SKIP LOCKED lets concurrent consumers take disjoint rows without waiting on each other;
+        on SQLite the statement runs under the database's single write lock (BEGIN IMMEDIATE).
+        Every claimed row gets a fresh ``claim_token``: the fencing token its finish must show.
+        """
+        if limit < 1:
+            return []
+        types = list(self.registry.task_types() if task_types is None else task_types)
+        paused = set(self.paused_task_types())
+        types = [t for t in types if t not in paused]
+        if not types:
+            self.session.rollback()
+            return []
+        self.session.rollback()  # end any read snapshot so the write starts fresh
+        self._begin_write()
+        now = self._now()
+        due = (
+            select(AsyncTask.id)
+            .where(AsyncTask.status.in_(WAITING_STATUSES), AsyncTask.next_run_at <= now,
+                   AsyncTask.task_type.in_(types))
+            .order_by(AsyncTask.priority.desc(), AsyncTask.next_run_at, AsyncTask.id)
+            .limit(limit)
+        )
+        if self.is_postgres:
+            due = due.with_for_update(skip_locked=True)
+        token = uuid.uuid4().hex
+        rows = self.session.execute(
+            update(AsyncTask)
+            .where(AsyncTask.id.in_(due.scalar_subquery()), AsyncTask.status.in_(WAITING_STATUSES))
+            .values(status=TaskStatus.PROCESSING.value, claim_token=token, worker_id=worker_id,
+                    started_at=now, updated_at=now, attempts=AsyncTask.attempts + 1,
+                    progress=None, progress_message=None)
+            .returning(*CLAIM_RETURNING)
+            .execution_options(synchronize_session=False)
+        ).all()
+        claimed = [
+            TaskInfo(id=r.id, task_type=r.task_type, payload=r.payload, priority=r.priority,
+                     retry_count=r.retry_count, max_retry_count=r.max_retry_count,
+                     created_by=r.created_by, created_at=r.created_at, attempt=r.attempts,
+                     claim_token=r.claim_token, retry_strategy=r.retry_strategy,
+                     retry_interval=r.retry_interval, retry_max_delay=r.retry_max_delay,
+                     retry_jitter=r.retry_jitter)
+            for r in rows
+        ]
+        claimed.sort(key=lambda t: (-t.priority, t.id))
+        self._write_events([
+            self._event(t.id, TaskEventKind.CLAIMED, to_status=TaskStatus.PROCESSING.value,
+                        attempt=t.attempt, worker_id=worker_id)
+            for t in claimed
+        ])
+        self.session.commit()
+        return claimed
+
+    def finish_task(self, task: TaskInfo, result: TaskResult, *, worker_id: str | None = None,
+                    traceback: str | None = None) -> FinishOutcome:
+        """Write a worker's outcome, only if its lease (``claim_token``) still holds.
+
+        Runs in the session the processor used, so the processor's own writes and the final
+        status commit together; if the lease was lost (the task was recovered and claimed again,
+        or cancelled), everything is rolled back and the late result is recorded as refused.
+        """
+        now = self._now()
+        values: dict[str, Any] = {"updated_at": now}
+        events: list[dict[str, Any]] = []
+        retry_delay: float | None = None
+        if result.success:
+            status = TaskStatus.SUCCESS.value
+            values.update(status=status, result=_json_result(result.data), error=None, finished_at=now)
+            events.append(self._event(task.id, TaskEventKind.SUCCEEDED, from_status="PROCESSING",
+                                      to_status=status, attempt=task.attempt, worker_id=worker_id))
+        else:
+            message = _clip(result.message or "failed without a message")
+            if result.retryable and task.retry_count < task.max_retry_count:
+                status = TaskStatus.RETRYING.value
+                retry_delay = next_retry_delay(task.retry_count + 1, task.retry_strategy,
+                                               task.retry_interval, task.retry_max_delay, task.retry_jitter)
+                values.update(status=status, retry_count=AsyncTask.retry_count + 1, error=message,
+                              next_run_at=self._now_plus(retry_delay), claim_token=None, worker_id=None)
+                events.append(self._event(task.id, TaskEventKind.RETRY_SCHEDULED, from_status="PROCESSING",
+                                          to_status=status, attempt=task.attempt, worker_id=worker_id,
+                                          message=f"{message} (retry {task.retry_count + 1} of "
+                                                  f"{task.max_retry_count} in {retry_delay:g}s)",
+                                          traceback=traceback))
+            else:
+                status = TaskStatus.FAILURE.value
+                why = "" if result.retryable else " (not retryable)"
+                values.update(status=status, error=message, finished_at=now,
+                              result=_json_result(result.data))
+                events.append(self._event(task.id, TaskEventKind.FAILED, from_status="PROCESSING",
+                                          to_status=status, attempt=task.attempt, worker_id=worker_id,
+                                          message=message + why, traceback=traceback))
+        if status != TaskStatus.RETRYING.value:
+            values.update(claim_token=None)
+        self._begin_write()
+        changed = self.session.execute(
+            update(AsyncTask)
+            .where(AsyncTask.id == task.id, AsyncTask.claim_token == task.claim_token,
+                   AsyncTask.status == TaskStatus.PROCESSING.value)
+            .values(**values)
+            .returning(AsyncTask.id)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if changed is None:
+            self.session.rollback()
+            self._record_late_result(task, result, worker_id)
+            return FinishOutcome(None)
+        self._write_events(events)
+        if status in (TaskStatus.SUCCESS.value, TaskStatus.FAILURE.value):
+            from .notify import queue_notifications
+
+            queue_notifications(self, task, status, result)
+        self.session.commit()
+        return FinishOutcome(status, retry_delay)
+
+    def _record_late_result(self, task: TaskInfo, result: TaskResult, worker_id: str | None) -> None:
+        outcome = "success" if result.success else f"failure: {result.message}"
+        log.warning("task %s: late result refused (lease of attempt %s lost): %s", task.id, task.attempt,
+                    outcome)
+        try:
+            self._begin_write()
+            if self.session.get(AsyncTask, task.id) is not None:
+                self._write_events([self._event(
+                    task.id, TaskEventKind.LATE_RESULT_REFUSED, attempt=task.attempt, worker_id=worker_id,
+                    message=_clip(f"result of attempt {task.attempt} arrived after its lease was lost; "
+                                  f"discarded ({outcome})"))])
+            self.session.commit()
+        except Exception:
+            self.session.rollback()
+            log.exception("task %s: could not record the refused late result", task.id)
+
+    def release_tasks(self, tasks: Iterable[TaskInfo], worker_id: str | None = None,
+                      reason: str = "worker stopped before the task finished") -> list[int]:
+        """PROCESSING -> PENDING for leases this worker still holds (graceful shutdown)."""
+        released: list[int] = []
+        for task in tasks:
+            self._begin_write()
+            changed = self.session.execute(
+                update(AsyncTask)
+                .where(AsyncTask.id == task.id, AsyncTask.claim_token == task.claim_token,
+                       AsyncTask.status == TaskStatus.PROCESSING.value)
+                .values(status=TaskStatus.PENDING.value, claim_token=None, worker_id=None,
+                        next_run_at=self._now(), updated_at=self._now(), started_at=None)
+                .returning(AsyncTask.id)
+                .execution_options(synchronize_session=False)
+            ).first()
+            if changed is not None:
+                released.append(task.id)
+                self._write_events([self._event(task.id, TaskEventKind.RELEASED, from_status="PROCESSING",
+                                                to_status="PENDING", attempt=task.attempt,
+                                                worker_id=worker_id, message=reason)])
+            if changed is not None:
+                self._commit_new_work()
+            else:
+                self.session.commit()
+        return released
+
+    def still_owns(self, task: TaskInfo) -> bool:
+        """Whether the task's lease is still this attempt's (used before slow side effects)."""
+        return self.session.execute(
+            select(exists().where(AsyncTask.id == task.id, AsyncTask.claim_token == task.claim_token,
+                                  AsyncTask.status == TaskStatus.PROCESSING.value))
+        ).scalar_one()
+
+    # -- workers and recovery ----------------------------------------------------------------
+
+    def register_worker(self, worker_id: str, hostname: str, pid: int, concurrency: int,
+                        heartbeat_interval: float) -> None:
+        self._begin_write()
+        self.session.add(Worker(id=worker_id, hostname=hostname, pid=pid, concurrency=concurrency,
+                                heartbeat_interval=heartbeat_interval, busy=0, status="RUNNING",
+                                started_at=utcnow(), last_heartbeat_at=utcnow()))
+        self.session.commit()
+        self.session.execute(update(Worker).where(Worker.id == worker_id)
+                             .values(started_at=self._now(), last_heartbeat_at=self._now()))
+        self.session.commit()
+
+    def heartbeat(self, worker_id: str, busy: int, processed: int = 0, failed: int = 0) -> bool:
+        """Stamp the worker alive; False if it had been declared dead (its tasks were recovered)."""
+        self._begin_write()
+        changed = self.session.execute(
+            update(Worker).where(Worker.id == worker_id, Worker.status == "RUNNING")
+            .values(last_heartbeat_at=self._now(), busy=busy, processed=processed, failed=failed)
+            .returning(Worker.id).execution_options(synchronize_session=False)
+        ).first()
+        self.session.commit()
+        return changed is not None
+
+    def revive_worker(self, worker_id: str, hostname: str, pid: int, concurrency: int,
+                      heartbeat_interval: float) -> None:
+        """A worker declared dead came back (it was paused): mark it running again."""
+        self._begin_write()
+        changed = self.session.execute(
+            update(Worker).where(Worker.id == worker_id)
+            .values(status="RUNNING", last_heartbeat_at=self._now(), stopped_at=None)
+            .returning(Worker.id).execution_options(synchronize_session=False)
+        ).first()
+        self.session.commit()
+        if changed is None:
+            self.register_worker(worker_id, hostname, pid, concurrency, heartbeat_interval)
+
+    def stop_worker(self, worker_id: str) -> None:
+        self._begin_write()
+        self.session.execute(update(Worker).where(Worker.id == worker_id)
+                             .values(status="STOPPED", stopped_at=self._now(), busy=0)
+                             .execution_options(synchronize_session=False))
+        self.session.commit()
+
+    def recover_orphans(self, max_processing_time: float, heartbeat_interval: float) -> list[int]:
+        """Send PROCESSING tasks whose worker is dead, or that ran too long, back to PENDING.
+
+        A worker is dead when it missed three heartbeats (or stopped without releasing). A task
+        recovered more than ``max_retry_count + 1`` times ends in FAILURE instead, so a task that
+        kills its worker every time (a poison pill) cannot loop forever. Returns recovered ids.
+        """
+        stale_before = self._now_plus(-3 * heartbeat_interval)
+        started_before = self._now_plus(-max_processing_time)
+        self.session.rollback()
+        self._begin_write()
+        dead = self.session.execute(
+            update(Worker).where(Worker.status == "RUNNING", Worker.last_heartbeat_at < stale_before)
+            .values(status="DEAD", busy=0).returning(Worker.id).execution_options(synchronize_session=False)
+        ).scalars().all()
+        live_worker = exists().where(Worker.id == AsyncTask.worker_id, Worker.status == "RUNNING",
+                                     Worker.last_heartbeat_at >= stale_before)
+        orphaned = and_(AsyncTask.status == TaskStatus.PROCESSING.value,
+                        or_(~live_worker, AsyncTask.started_at < started_before))
+        candidates = self.session.execute(
+            select(AsyncTask.id, AsyncTask.claim_token, AsyncTask.worker_id, AsyncTask.attempts,
+                   AsyncTask.recovery_count, AsyncTask.max_retry_count, AsyncTask.started_at,
+                   AsyncTask.task_type, AsyncTask.created_by, AsyncTask.retry_count, AsyncTask.payload,
+                   AsyncTask.priority, AsyncTask.created_at)
+            .where(orphaned)
+        ).all()
+        recovered: list[int] = []
+        events = []
+        limit_time = utcnow() - timedelta(seconds=max_processing_time)
+        for c in candidates:
+            overdue = c.started_at is not None and c.started_at < limit_time
+            why = (f"ran longer than max-processing-time ({max_processing_time:g}s)" if overdue
+                   else f"worker {c.worker_id} stopped heartbeating")
+            give_up = c.recovery_count + 1 > c.max_retry_count + 1
+            values: dict[str, Any] = {"claim_token": None, "worker_id": None, "updated_at": self._now(),
+                                      "recovery_count": AsyncTask.recovery_count + 1}
+            if give_up:
+                message = (f"recovered {c.recovery_count} times already (limit max_retry_count + 1 = "
+                           f"{c.max_retry_count + 1}); last: {why}; giving up")
+                values.update(status=TaskStatus.FAILURE.value, finished_at=self._now(), error=message)
+                event = self._event(c.id, TaskEventKind.FAILED, from_status="PROCESSING", to_status="FAILURE",
+                                    attempt=c.attempts, worker_id=c.worker_id, message=message)
+            else:
+                values.update(status=TaskStatus.PENDING.value, next_run_at=self._now(), started_at=None)
+                event = self._event(c.id, TaskEventKind.RECOVERED, from_status="PROCESSING", to_status="PENDING",
+                                    attempt=c.attempts, worker_id=c.worker_id, message=why)
+            changed = self.session.execute(
+                update(AsyncTask).where(AsyncTask.id == c.id, AsyncTask.claim_token == c.claim_token,
+                                        AsyncTask.status == TaskStatus.PROCESSING.value)
+                .values(**values).returning(AsyncTask.id).execution_options(synchronize_session=False)
+            ).first()
+            if changed is not None:
+                recovered.append(c.id)
+                events.append(event)
+                if give_up:
+                    failed_info = TaskInfo(id=c.id, task_type=c.task_type, payload=c.payload,
+                                           priority=c.priority, retry_count=c.retry_count,
+                                           max_retry_count=c.max_retry_count, created_by=c.created_by,
+                                           created_at=c.created_at, attempt=c.attempts, claim_token="")
+                    from .notify import queue_notifications
+
+                    queue_notifications(self, failed_info, TaskStatus.FAILURE.value,
+                                        TaskResult.failure(values["error"], retryable=False))
+        self._write_events(events)
+        if recovered:
+            self._commit_new_work()
+        else:
+            self.session.commit()
+        if dead:
+            log.warning("workers declared dead (missed heartbeats): %s", ", ".join(dead))
+        if recovered:
+            log.warning("recovered %d orphaned task(s): %s", len(recovered), recovered)
+        return recovered
+
+    def workers(self, include_stopped: bool = False) -> list[Worker]:
+        query = select(Worker).order_by(Worker.started_at.desc())
+        if not include_stopped:
+            query = query.where(Worker.status == "RUNNING")
+        return list(self.session.scalars(query))
+
+    def prune_workers(self, older_than: timedelta) -> int:
+        """Forget stopped or dead workers whose last heartbeat is older than ``older_than``."""
+        result = self.session.execute(
+            delete(Worker).where(Worker.status != "RUNNING",
+                                 Worker.last_heartbeat_at < utcnow() - older_than))
+        self.session.commit()
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+# -- validation helpers shared by every front end -------------------------------------------
+
+
+def validate_task_id(value: Any, field: str = "id") -> int:
+    """A task id: a positive integer (strings of digits accepted from URLs and the CLI)."""
+    if isinstance(value, bool):
+        raise ValidationError(f"{field} must be a positive integer", field=field)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int) or not 1 <= value <= 2**63 - 1:
+        raise ValidationError(f"{field} must be a positive integer, got {value!r}", field=field)
+    return value
+
+
+def validate_status(value: Any) -> str:
+    try:
+        return TaskStatus(value).value
+    except ValueError:
+        allowed = ", ".join(s.value for s in TaskStatus)
+        raise ValidationError(f"unknown status {value!r}; expected one of {allowed}", field="status") from None
+
+
+def parse_time(value: Any, field: str) -> datetime:
+    """An aware datetime, or an ISO-8601 string with a time zone ('Z' allowed)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValidationError(f"{field} must be an ISO-8601 time, got {value!r}", field=field) from None
+    if not isinstance(value, datetime):
+        raise ValidationError(f"{field} must be a time (an aware datetime or ISO-8601 string)", field=field)
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        raise ValidationError(f"{field} must include a time zone (e.g. 2026-01-01T12:00:00Z)", field=field)
+    return value.astimezone(UTC)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_LENGTH else text[:MAX_ERROR_LENGTH] + "… (truncated)"
+
+
+def _json_result(data: Any) -> Any:
+    """A processor's result data as stored JSON; anything not JSON-serialisable is named, not lost."""
+    if data is None:
+        return None
+    try:
+        return json.loads(json.dumps(data, allow_nan=False))
+    except (TypeError, ValueError):
+        return {"unserialisable_result": repr(data)[:2000]}
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
