@@ -209,7 +209,7 @@ class AsyncTaskService:
         payload: Any,
         priority: int | None = None,
         created_by: str | None = None,
-        run_at: datetime | None = None,
+        run_at: datetime | str | None = None,
         **options: Any,
     ) -> AsyncTask:
         """Queue a task and return it (status PENDING). Invalid input raises, writing nothing."""
@@ -221,7 +221,7 @@ class AsyncTaskService:
         payload: Any,
         priority: int | None = None,
         created_by: str | None = None,
-        run_at: datetime | None = None,
+        run_at: datetime | str | None = None,
         *,
         idempotency_key: str | None = None,
         idempotency_scope: str | None = None,
@@ -349,7 +349,7 @@ class AsyncTaskService:
     def _validated_payload(self, processor: TaskProcessor, payload: Any) -> tuple[dict[str, Any], Any]:
         payload_type = processor.payload_type
         if payload_type is not None and isinstance(payload, payload_type):
-            data = asdict(payload) if is_dataclass(payload) else payload.model_dump()  # type: ignore[attr-defined]
+            data = asdict(payload) if is_dataclass(payload) else payload.model_dump()  # type: ignore[arg-type,attr-defined,union-attr]
         elif isinstance(payload, dict):
             data = payload
         elif is_dataclass(payload) and not isinstance(payload, type):
