@@ -142,9 +142,17 @@ def retry_command(task_id: str) -> None:
 
 
 def register_cli(app: Flask) -> None:
+    """``flask tasks``, plus ``flask users`` and ``flask tokens`` from the console and the API."""
     app.cli.add_command(tasks_cli)
     try:
-        from .accounts.cli import register_account_cli
+        from .console.cli import users_cli
     except ImportError:
-        return
-    register_account_cli(app)
+        users_cli = None
+    if users_cli is not None:
+        app.cli.add_command(users_cli)
+    try:
+        from .api.cli import tokens_cli
+    except ImportError:
+        tokens_cli = None
+    if tokens_cli is not None:
+        app.cli.add_command(tokens_cli)
