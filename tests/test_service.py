@@ -1,0 +1,435 @@
+"""AsyncTaskService on real SQLite and PostgreSQL: submit, transitions, claims, fencing, recovery."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from tests.processors import OrderPayload
+from webapp.extensions import db
+from webapp.tasks import (
+    AsyncTaskService,
+    InvalidPayload,
+    InvalidTransition,
+    TaskNotFound,
+    TaskResult,
+    UnknownTaskType,
+    ValidationError,
+)
+from webapp.tasks.models import AsyncTask, TaskEvent, Worker
+
+WORKER = "test-worker"
+
+
+def task_count() -> int:
+    return db.session.scalar(select(func.count()).select_from(AsyncTask))
+
+
+def kinds(service: AsyncTaskService, task_id: int) -> list[str]:
+    return [event.kind for event in service.events_for(task_id)]
+
+
+def claim_one(service: AsyncTaskService, worker: str = WORKER):
+    claimed = service.claim_due_tasks(worker, 1)
+    assert len(claimed) == 1
+    return claimed[0]
+
+
+# -- submit -----------------------------------------------------------------------------------
+
+
+def test_submit_creates_a_pending_task_with_its_retry_settings(app_ctx):
+    service = AsyncTaskService()
+    task = service.submit_task("FLAKY", {"succeed_on": 2}, created_by="a@example.com")
+    assert task.id > 0 and isinstance(task.id, int)
+    assert task.status == "PENDING"
+    assert task.priority == 0
+    assert task.retry_count == 0
+    assert (task.max_retry_count, task.retry_strategy, task.retry_interval) == (3, "FIXED", 0.3)
+    assert task.created_by == "a@example.com"
+    assert task.next_run_at <= datetime.now(UTC)
+    assert task.created_at.tzinfo is not None
+    assert kinds(service, task.id) == ["SUBMITTED"]
+
+
+def test_priority_comes_from_the_argument_then_the_processor_then_zero(app_ctx):
+    service = AsyncTaskService()
+    assert service.submit_task("ORDER", {"customer": "c", "amount": 1, "rush": True}).priority == 10
+    assert service.submit_task("ORDER", {"customer": "c", "amount": 1, "rush": True}, priority=3).priority == 3
+    assert service.submit_task("ORDER", {"customer": "c", "amount": 1}).priority == 0
+    assert service.submit_task("NOOP", {}).priority == 0
+
+
+def test_payload_may_be_an_instance_of_the_payload_type(app_ctx):
+    task = AsyncTaskService().submit_task("ORDER", OrderPayload(customer="c", amount=5, tags=["x"]))
+    assert task.payload == {"customer": "c", "amount": 5, "tags": ["x"], "note": None, "rush": False}
+
+
+@pytest.mark.parametrize("args,error,field", [
+    (("NOPE", {}), UnknownTaskType, "task_type"),
+    (("", {}), ValidationError, "task_type"),
+    ((None, {}), ValidationError, "task_type"),
+    (("NOOP", [1, 2]), InvalidPayload, "payload"),
+    (("NOOP", "text"), InvalidPayload, "payload"),
+    (("NOOP", {"when": datetime.now()}), InvalidPayload, "payload"),
+    (("NOOP", {"x": float("nan")}), InvalidPayload, "payload"),
+    (("ORDER", {"customer": "c"}), InvalidPayload, "payload.amount"),
+    (("ORDER", {"customer": "c", "amount": "many"}), InvalidPayload, "payload.amount"),
+    (("NOOP", {}, "high"), ValidationError, "priority"),
+    (("NOOP", {}, 1.5), ValidationError, "priority"),
+    (("NOOP", {}, True), ValidationError, "priority"),
+    (("NOOP", {}, 2**40), ValidationError, "priority"),
+    (("NOOP", {}, None, 42), ValidationError, "created_by"),
+    (("NOOP", {}, None, None, "tomorrow"), ValidationError, "run_at"),
+    (("NOOP", {}, None, None, datetime(2030, 1, 1)), ValidationError, "run_at"),
+    (("NOOP", {}, None, None, 12345), ValidationError, "run_at"),
+])
+def test_bad_input_is_refused_and_nothing_is_written(app_ctx, args, error, field):
+    service = AsyncTaskService()
+    before = task_count()
+    with pytest.raises(error) as caught:
+        service.submit_task(*args)
+    assert caught.value.field == field
+    assert caught.value.message
+    db.session.rollback()
+    assert task_count() == before
+
+
+def test_run_at_accepts_aware_datetimes_and_iso_strings(app_ctx):
+    service = AsyncTaskService()
+    later = datetime.now(UTC) + timedelta(hours=1)
+    assert service.submit_task("NOOP", {}, run_at=later).next_run_at == later
+    task = service.submit_task("NOOP", {}, run_at="2031-02-03T04:05:06Z")
+    assert task.next_run_at == datetime(2031, 2, 3, 4, 5, 6, tzinfo=UTC)
+
+
+def test_idempotency_key_returns_the_existing_task(app_ctx):
+    service = AsyncTaskService()
+    first = service.submit("NOOP", {"n": 1}, idempotency_key="k1", idempotency_scope="client-a")
+    again = service.submit("NOOP", {"n": 2}, idempotency_key="k1", idempotency_scope="client-a")
+    other = service.submit("NOOP", {"n": 3}, idempotency_key="k1", idempotency_scope="client-b")
+    assert first.created and not again.created and other.created
+    assert again.task.id == first.task.id
+    assert other.task.id != first.task.id
+
+
+def test_submit_many_is_all_or_nothing(app_ctx):
+    service = AsyncTaskService()
+    tasks = service.submit_many([{"task_type": "NOOP", "payload": {"i": i}} for i in range(5)])
+    assert [t.payload["i"] for t in tasks] == list(range(5))
+    before = task_count()
+    with pytest.raises(InvalidPayload) as caught:
+        service.submit_many([{"task_type": "NOOP", "payload": {}}, {"task_type": "NOOP", "payload": 3}])
+    assert caught.value.field == "tasks[1].payload"
+    db.session.rollback()
+    assert task_count() == before
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def test_get_task_and_unknown_ids(app_ctx):
+    service = AsyncTaskService()
+    task = service.submit_task("NOOP", {})
+    assert service.get_task(task.id).id == task.id
+    assert service.get_task(str(task.id)).id == task.id
+    assert service.get_task(999_999) is None
+    with pytest.raises(ValidationError):
+        service.get_task("abc")
+    with pytest.raises(ValidationError):
+        service.get_task(-1)
+
+
+def test_get_tasks_by_type_filters_by_status(app_ctx):
+    service = AsyncTaskService()
+    ids = [service.submit_task("NOOP", {}).id for _ in range(3)]
+    service.submit_task("SLEEP", {})
+    service.cancel_task(ids[0])
+    assert {t.id for t in service.get_tasks_by_type("NOOP")} == set(ids)
+    assert [t.id for t in service.get_tasks_by_type("NOOP", "CANCELLED")] == [ids[0]]
+    with pytest.raises(ValidationError):
+        service.get_tasks_by_type("NOOP", "DONE")
+
+
+def test_keyset_pages_cover_everything_once(app_ctx):
+    service = AsyncTaskService()
+    ids = [service.submit_task("NOOP", {}).id for _ in range(7)]
+    seen, cursor = [], None
+    while True:
+        page = service.list_tasks(limit=3, cursor=cursor)
+        seen += [t.id for t in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == sorted(ids, reverse=True)
+
+
+# -- operator transitions ---------------------------------------------------------------------
+
+
+def test_cancel_pending_and_retrying(app_ctx):
+    service = AsyncTaskService()
+    pending = service.submit_task("NOOP", {})
+    cancelled = service.cancel_task(pending.id, actor="alice")
+    assert cancelled.status == "CANCELLED" and cancelled.finished_at is not None
+    assert kinds(service, pending.id) == ["SUBMITTED", "CANCELLED"]
+
+    flaky = service.submit_task("FLAKY", {})
+    claimed = claim_one(service)
+    assert service.finish_task(claimed, TaskResult.failure("x")).status == "RETRYING"
+    assert service.cancel_task(flaky.id).status == "CANCELLED"
+
+
+@pytest.mark.parametrize("finish", ["PROCESSING", "SUCCESS", "CANCELLED"])
+def test_cancel_is_refused_outside_pending_and_retrying(app_ctx, finish):
+    service = AsyncTaskService()
+    task = service.submit_task("NOOP", {})
+    if finish != "CANCELLED":
+        claimed = claim_one(service)
+        if finish == "SUCCESS":
+            service.finish_task(claimed, TaskResult.success())
+    else:
+        service.cancel_task(task.id)
+    with pytest.raises(InvalidTransition, match=f"it is {finish}") as caught:
+        service.cancel_task(task.id)
+    assert caught.value.current_status == finish
+    assert service.get_task(task.id).status == finish
+
+
+def test_cancel_and_retry_of_a_missing_task(app_ctx):
+    service = AsyncTaskService()
+    with pytest.raises(TaskNotFound):
+        service.cancel_task(424242)
+    with pytest.raises(TaskNotFound):
+        service.retry_task(424242)
+
+
+def test_manual_retry_only_from_failure(app_ctx):
+    service = AsyncTaskService()
+    task = service.submit_task("FATAL", {})
+    with pytest.raises(InvalidTransition, match="only FAILURE"):
+        service.retry_task(task.id)
+    claimed = claim_one(service)
+    assert service.finish_task(claimed, TaskResult.failure("no", retryable=False)).status == "FAILURE"
+    retried = service.retry_task(task.id, actor="bob")
+    assert retried.status == "PENDING" and retried.retry_count == 0 and retried.finished_at is None
+    assert kinds(service, task.id)[-1] == "RETRIED"
+
+
+# -- claims and finishing ---------------------------------------------------------------------
+
+
+def test_claims_follow_priority_then_fifo(app_ctx):
+    service = AsyncTaskService()
+    low = service.submit_task("NOOP", {"n": "low"}, priority=1)
+    first_mid = service.submit_task("NOOP", {"n": "mid1"}, priority=5)
+    high = service.submit_task("NOOP", {"n": "high"}, priority=9)
+    second_mid = service.submit_task("NOOP", {"n": "mid2"}, priority=5)
+    order = [service.claim_due_tasks(WORKER, 1)[0].id for _ in range(4)]
+    assert order == [high.id, first_mid.id, second_mid.id, low.id]
+
+
+def test_a_batch_claim_is_ordered_and_limited(app_ctx):
+    service = AsyncTaskService()
+    ids = [service.submit_task("NOOP", {}, priority=p).id for p in (0, 3, 1, 3)]
+    claimed = service.claim_due_tasks(WORKER, 3)
+    assert [t.id for t in claimed] == [ids[1], ids[3], ids[2]]
+    assert all(t.claim_token for t in claimed)
+    assert service.get_task(ids[0]).status == "PENDING"
+
+
+def test_delayed_tasks_are_not_claimed_early(app_ctx):
+    service = AsyncTaskService()
+    service.submit_task("NOOP", {}, run_at=datetime.now(UTC) + timedelta(seconds=1.5))
+    assert service.claim_due_tasks(WORKER, 5) == []
+    time.sleep(1.6)
+    assert len(service.claim_due_tasks(WORKER, 5)) == 1
+
+
+def test_only_registered_and_requested_types_are_claimed(app_ctx):
+    service = AsyncTaskService()
+    service.submit_task("NOOP", {})
+    sleep = service.submit_task("SLEEP", {})
+    assert [t.id for t in service.claim_due_tasks(WORKER, 5, task_types=["SLEEP"])] == [sleep.id]
+
+
+def test_claim_records_the_lease(app_ctx):
+    service = AsyncTaskService()
+    task = service.submit_task("NOOP", {"a": 1})
+    claimed = claim_one(service)
+    assert (claimed.id, claimed.payload, claimed.attempt) == (task.id, {"a": 1}, 1)
+    db.session.expire_all()
+    row = service.get_task(task.id)
+    assert row.status == "PROCESSING" and row.worker_id == WORKER and row.started_at is not None
+    assert row.claim_token == claimed.claim_token
+    assert kinds(service, task.id) == ["SUBMITTED", "CLAIMED"]
+
+
+def test_success_stores_the_result(app_ctx):
+    service = AsyncTaskService()
+    task = service.submit_task("NOOP", {})
+    claimed = claim_one(service)
+    assert service.finish_task(claimed, TaskResult.success({"ok": 1})).status == "SUCCESS"
+    db.session.expire_all()
+    row = service.get_task(task.id)
+    assert (row.status, row.result, row.error, row.claim_token) == ("SUCCESS", {"ok": 1}, None, None)
+    assert row.finished_at is not None and row.finished_at >= row.started_at
+
+
+def test_failures_retry_with_the_configured_delay_then_fail(app_ctx):
+    service = AsyncTaskService()
+    task = service.submit_task("EXPO_FAIL", {})  # EXPONENTIAL, base 0.4 s, 3 retries
+    expected_delays = [0.4, 0.8, 1.6]
+    for n, delay in enumerate(expected_delays, start=1):
+        db.session.execute(update(AsyncTask).where(AsyncTask.id == task.id)
+                           .values(next_run_at=datetime.now(UTC) - timedelta(seconds=1)))
+        db.session.commit()
+        claimed = claim_one(service)
+        before = datetime.now(UTC)
+        outcome = service.finish_task(claimed, TaskResult.failure(f"fail {n}"))
+        assert (outcome.status, outcome.retry_delay) == ("RETRYING", delay)
+        db.session.expire_all()
+        row = service.get_task(task.id)
+        assert row.retry_count == n and row.error == f"fail {n}"
+        gap = (row.next_run_at - before).total_seconds()
+        assert delay - 0.2 <= gap <= delay + 0.5, gap
+        assert row.finished_at is None
+    db.session.execute(update(AsyncTask).where(AsyncTask.id == task.id)
+                       .values(next_run_at=datetime.now(UTC) - timedelta(seconds=1)))
+    db.session.commit()
+    claimed = claim_one(service)
+    assert service.finish_task(claimed, TaskResult.failure("last")).status == "FAILURE"
+    db.session.expire_all()
+    row = service.get_task(task.id)
+    assert (row.status, row.retry_count, row.error) == ("FAILURE", 3, "last")
+    assert row.finished_at is not None
+    assert kinds(service, task.id).count("RETRY_SCHEDULED") == 3
+
+
+def test_non_retryable_failure_ends_at_once(app_ctx):
+    service = AsyncTaskService()
+    task = service.submit_task("FLAKY", {})
+    claimed = claim_one(service)
+    assert service.finish_task(claimed, TaskResult.failure("bad", retryable=False)).status == "FAILURE"
+    assert service.get_task(task.id).retry_count == 0
+
+
+def test_a_stale_lease_cannot_overwrite_the_outcome(app_ctx):
+    service = AsyncTaskService()
+    task = service.submit_task("NOOP", {})
+    stale = claim_one(service, "worker-a")
+    # worker-a is declared dead; the task is recovered and claimed by worker-b
+    db.session.execute(update(Worker).values(status="DEAD"))
+    db.session.commit()
+    assert service.recover_orphans(3600, 0.1) == [task.id]
+    fresh = claim_one(service, "worker-b")
+    assert fresh.claim_token != stale.claim_token
+    assert service.finish_task(stale, TaskResult.failure("late")).status is None
+    assert service.finish_task(fresh, TaskResult.success({"by": "b"})).status == "SUCCESS"
+    db.session.expire_all()
+    row = service.get_task(task.id)
+    assert (row.status, row.result) == ("SUCCESS", {"by": "b"})
+    assert "LATE_RESULT_REFUSED" in kinds(service, task.id)
+
+
+def test_cancel_and_finish_race_has_one_winner(app_ctx):
+    service = AsyncTaskService()
+    task = service.submit_task("FLAKY", {})
+    claimed = claim_one(service)
+    service.finish_task(claimed, TaskResult.failure("once"))  # RETRYING
+    service.cancel_task(task.id)
+    db.session.execute(update(AsyncTask).where(AsyncTask.id == task.id)
+                       .values(next_run_at=datetime.now(UTC) - timedelta(seconds=1)))
+    db.session.commit()
+    assert service.claim_due_tasks(WORKER, 5) == []
+    assert service.finish_task(claimed, TaskResult.success()).status is None
+    assert service.get_task(task.id).status == "CANCELLED"
+
+
+def test_release_puts_tasks_back_without_counting_a_retry(app_ctx):
+    service = AsyncTaskService()
+    task = service.submit_task("NOOP", {})
+    claimed = claim_one(service)
+    assert service.release_tasks([claimed], WORKER) == [task.id]
+    db.session.expire_all()
+    row = service.get_task(task.id)
+    assert (row.status, row.retry_count, row.claim_token) == ("PENDING", 0, None)
+    assert kinds(service, task.id)[-1] == "RELEASED"
+    assert service.finish_task(claimed, TaskResult.success()).status is None
+
+
+# -- recovery ---------------------------------------------------------------------------------
+
+
+def _register(service: AsyncTaskService, worker_id: str) -> None:
+    service.register_worker(worker_id, "host", 1, 1, 0.1)
+
+
+def test_tasks_of_live_workers_are_left_alone(app_ctx):
+    service = AsyncTaskService()
+    _register(service, "live")
+    task = service.submit_task("NOOP", {})
+    claim_one(service, "live")
+    assert service.heartbeat("live", 1)
+    assert service.recover_orphans(3600, 10) == []
+    assert service.get_task(task.id).status == "PROCESSING"
+
+
+def test_stale_heartbeat_recovers_the_task(app_ctx):
+    service = AsyncTaskService()
+    _register(service, "sleepy")
+    task = service.submit_task("NOOP", {})
+    claim_one(service, "sleepy")
+    time.sleep(0.4)  # three heartbeats of 0.1 s missed
+    assert service.recover_orphans(3600, 0.1) == [task.id]
+    db.session.expire_all()
+    row = service.get_task(task.id)
+    assert (row.status, row.recovery_count, row.worker_id) == ("PENDING", 1, None)
+    recovered = service.events_for(task.id)[-1]
+    assert recovered.kind == "RECOVERED" and "stopped heartbeating" in recovered.message
+    assert db.session.get(Worker, "sleepy").status == "DEAD"
+    assert service.heartbeat("sleepy", 0) is False
+
+
+def test_overdue_task_is_recovered_even_with_a_live_worker(app_ctx):
+    service = AsyncTaskService()
+    _register(service, "busy")
+    task = service.submit_task("NOOP", {})
+    claim_one(service, "busy")
+    time.sleep(0.3)
+    service.heartbeat("busy", 1)
+    assert service.recover_orphans(0.2, 10) == [task.id]
+    assert "max-processing-time" in service.events_for(task.id)[-1].message
+
+
+def test_endless_recoveries_end_in_failure(app_ctx):
+    service = AsyncTaskService()
+    task = service.submit_task("FATAL", {})  # default retry config: 3 retries -> 4 recoveries allowed
+    max_recoveries = service.get_task(task.id).max_retry_count + 1
+    for _ in range(max_recoveries):
+        claim_one(service, "ghost")
+        assert service.recover_orphans(3600, 0.1) == [task.id]
+        assert service.get_task(task.id).status == "PENDING"
+    claim_one(service, "ghost")
+    service.recover_orphans(3600, 0.1)
+    db.session.expire_all()
+    row = service.get_task(task.id)
+    assert row.status == "FAILURE" and "giving up" in row.error
+    assert row.finished_at is not None
+
+
+def test_events_record_every_state_change_with_its_time(app_ctx):
+    service = AsyncTaskService()
+    task = service.submit_task("FLAKY", {})
+    claimed = claim_one(service)
+    service.finish_task(claimed, TaskResult.failure("x"), traceback="Traceback: x")
+    events = service.events_for(task.id)
+    assert [(e.kind, e.from_status, e.to_status) for e in events] == [
+        ("SUBMITTED", None, "PENDING"), ("CLAIMED", None, "PROCESSING"),
+        ("RETRY_SCHEDULED", "PROCESSING", "RETRYING")]
+    assert events[-1].traceback == "Traceback: x"
+    assert all(e.at is not None for e in events)
+    assert db.session.scalar(select(func.count()).select_from(TaskEvent)) == 3
