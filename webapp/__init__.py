@@ -62,17 +62,18 @@ def _register_blueprints(app: Flask) -> None:
     from .health import bp as health_bp
 
     app.register_blueprint(health_bp)
+    # The API and the console are optional layers over the engine: an app without them still runs.
     try:
         from .api import bp as api_bp
     except ImportError:
-        api_bp = None
-    if api_bp is not None:
+        pass
+    else:
         app.register_blueprint(api_bp)
     try:
         from .console import init_console
     except ImportError:
-        init_console = None
-    if init_console is not None:
+        pass
+    else:
         init_console(app)
 
 

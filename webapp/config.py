@@ -51,6 +51,15 @@ def _positive_int(value: Any) -> int:
     return number
 
 
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError("expected a whole number")
+    number = int(str(value).strip()) if not isinstance(value, int | float) else int(value)
+    if number < 0:
+        raise ValueError("expected a whole number of at least 0")
+    return number
+
+
 def _module_list(value: Any) -> list[str]:
     if isinstance(value, list | tuple):
         items = [str(item).strip() for item in value]
@@ -70,6 +79,7 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "ASYNC_TASK_POLL_INTERVAL": (_positive_float, 5.0),
     "ASYNC_TASK_BATCH_SIZE": (_positive_int, 10),
     "ASYNC_TASK_CONCURRENCY": (_positive_int, 3),
+    "ASYNC_TASK_PREFETCH": (_non_negative_int, 0),
     "ASYNC_TASK_MAX_PROCESSING_TIME": (_positive_float, 3600.0),
     "ASYNC_TASK_HEARTBEAT_INTERVAL": (_positive_float, 5.0),
     "ASYNC_TASK_SHUTDOWN_GRACE": (_positive_float, 30.0),
@@ -78,7 +88,25 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "ASYNC_TASK_NOTIFY_RETRY_BASE": (_positive_float, 30.0),
     "ASYNC_TASK_NOTIFY_MAX_ATTEMPTS": (_positive_int, 8),
     "ASYNC_TASK_BASE_URL": (str, "http://127.0.0.1:5000"),
+    "ASYNC_TASK_NOTIFY_TIMEOUT": (_positive_float, 10.0),
+    "ASYNC_TASK_NOTIFY_CONCURRENCY": (_positive_int, 2),
+    "ASYNC_TASK_WEBHOOK_SECRET": (_optional_str, None),
+    "ASYNC_TASK_WEBHOOK_ALLOW_PRIVATE": (_parse_bool, False),
     "REDIS_URL": (_optional_str, None),
+}
+
+# Flask-Mail's settings, parsed (the environment gives strings; "false" must not mean True).
+MAIL_SETTINGS: dict[str, Callable[[Any], Any]] = {
+    "MAIL_SERVER": str,
+    "MAIL_PORT": _positive_int,
+    "MAIL_USE_TLS": _parse_bool,
+    "MAIL_USE_SSL": _parse_bool,
+    "MAIL_USERNAME": _optional_str,
+    "MAIL_PASSWORD": _optional_str,
+    "MAIL_DEFAULT_SENDER": _optional_str,
+    "MAIL_TIMEOUT": _positive_float,
+    "MAIL_MAX_EMAILS": _positive_int,
+    "MAIL_SUPPRESS_SEND": _parse_bool,
 }
 
 # YAML keys of the original module (under ``async-task: consumer:``) -> setting names.
@@ -165,10 +193,14 @@ def load_settings(
     settings["MAX_CONTENT_LENGTH"] = _positive_int(
         overrides.get("MAX_CONTENT_LENGTH") or env.get("MAX_CONTENT_LENGTH") or 1024 * 1024
     )
-    for name in ("MAIL_SERVER", "MAIL_PORT", "MAIL_USE_TLS", "MAIL_USE_SSL", "MAIL_USERNAME",
-                 "MAIL_PASSWORD", "MAIL_DEFAULT_SENDER", "MAIL_TIMEOUT"):
-        if name in env:
-            settings[name] = env[name]
+    for name, parse_mail in MAIL_SETTINGS.items():
+        value = overrides[name] if name in overrides else env.get(name)
+        if value is None:
+            continue
+        try:
+            settings[name] = parse_mail(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name}: invalid value {value!r} ({exc})") from None
     # Everything else passed explicitly (tests, embedding applications) goes through untouched.
     for name, value in overrides.items():
         if name not in settings and name != "ASYNC_TASK_CONFIG_FILE":

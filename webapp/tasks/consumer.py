@@ -32,7 +32,7 @@ from ..extensions import db
 from .locks import RedisUnavailable, TaskLocks
 from .processor import TaskInfo, TaskResult
 from .registry import payload_from_json
-from .service import WAKE_CHANNEL, AsyncTaskService
+from .service import WAKE_CHANNEL, AsyncTaskService, FinishedAttempt, FinishOutcome
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,14 @@ class Consumer:
         max_processing_time: float | None = None,
         task_types: list[str] | None = None,
         listen: bool = True,
+        prefetch: int | None = None,
     ) -> None:
         config = app.config
         self.app = app
         self.concurrency = concurrency or config["ASYNC_TASK_CONCURRENCY"]
         self.batch_size = batch_size or config["ASYNC_TASK_BATCH_SIZE"]
+        # Tasks claimed ahead of free threads, so short tasks never wait for a claim round trip.
+        self.prefetch = config["ASYNC_TASK_PREFETCH"] if prefetch is None else prefetch
         self.poll_interval = poll_interval or config["ASYNC_TASK_POLL_INTERVAL"]
         self.heartbeat_interval = heartbeat_interval or config["ASYNC_TASK_HEARTBEAT_INTERVAL"]
         self.max_processing_time = max_processing_time or config["ASYNC_TASK_MAX_PROCESSING_TIME"]
@@ -66,6 +69,10 @@ class Consumer:
         self.locks: TaskLocks | None = self.engine.locks
 
         self._queue: queue.Queue[TaskInfo | None] = queue.Queue()
+        # Outcomes of attempts whose processor wrote nothing itself, written in batches.
+        self._finished: queue.Queue[FinishedAttempt | None] = queue.Queue()
+        self._unwritten = 0  # handed to the finisher, not yet committed
+        self._finisher_closed = False
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -89,9 +96,16 @@ class Consumer:
             thread = threading.Thread(target=self._work_loop, name=f"task-worker-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        finisher = threading.Thread(target=self._finish_loop, name="task-finisher", daemon=True)
+        finisher.start()
+        self._finisher = finisher
         dispatcher = threading.Thread(target=self._dispatch_loop, name="task-dispatcher", daemon=True)
         dispatcher.start()
         self._threads.append(dispatcher)
+        # Notifications go out on the notifier's own threads, never on the task workers.
+        from .delivery import NotificationDispatcher
+
+        self.notifier = NotificationDispatcher(self.app).start()
         if self.listen and self._is_postgres():
             listener = threading.Thread(target=self._listen_loop, name="task-wake-listener", daemon=True)
             listener.start()
@@ -119,16 +133,23 @@ class Consumer:
         self._wake.set()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
+        notifier = getattr(self, "notifier", None)
+        if notifier is not None:
+            notifier.stop(grace=min(grace, 5.0))
         if self in self.engine.local_consumers:
             self.engine.local_consumers.remove(self)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             with self._lock:
-                if self._inflight == 0:
+                if self._inflight == 0 and self._unwritten == 0:
                     break
             time.sleep(0.05)
         for _ in self._threads:
             self._queue.put(None)
+        with self._lock:
+            self._finisher_closed = True  # late finishers (past the grace) write their own outcome
+            self._finished.put(None)
+        self._finisher.join(timeout=5)
         with self._lock:
             leftovers = list(self._running.values())
         while not self._queue.empty():  # claimed but never started
@@ -175,7 +196,7 @@ class Consumer:
     def _claim_while_free(self) -> None:
         while not self._stopping.is_set():
             with self._lock:
-                free = self.concurrency - self._inflight
+                free = self.concurrency + self.prefetch - self._inflight
             if free <= 0:
                 self._last_claim_full = True
                 return
@@ -240,6 +261,16 @@ class Consumer:
             service = AsyncTaskService()
             try:
                 result, trace = self._execute(service, task)
+                if not db.session().in_transaction():
+                    # The processor did no database work: nothing needs its transaction, so the
+                    # outcome joins the finisher's next batch and this thread takes the next task.
+                    with self._lock:
+                        batched = not self._finisher_closed
+                        if batched:
+                            self._unwritten += 1
+                            self._finished.put(FinishedAttempt(task, result, trace))
+                    if batched:
+                        return
                 try:
                     outcome = service.finish_task(task, result, worker_id=self.worker_id, traceback=trace)
                 except Exception as exc:
@@ -252,13 +283,70 @@ class Consumer:
                         worker_id=self.worker_id, traceback=tb_module.format_exc())
             finally:
                 db.session.remove()
-        self._release_locks([task])
-        if outcome.status == "SUCCESS":
-            self.processed += 1
-        elif outcome.status is not None:
-            self.failed += 1
-        log.info("task %s (%s) attempt %s -> %s", task.id, task.task_type, task.attempt,
-                 outcome.status or "lease lost, result discarded")
+        self._after_finish([task], [outcome])
+
+    def _after_finish(self, tasks: list[TaskInfo], outcomes: list[FinishOutcome]) -> None:
+        with self._lock:  # finished: the heartbeat must stop extending the locks released next
+            for task in tasks:
+                self._running.pop(task.id, None)
+        self._release_locks(tasks)
+        for task, outcome in zip(tasks, outcomes, strict=True):
+            if outcome.status == "SUCCESS":
+                self.processed += 1
+            elif outcome.status is not None:
+                self.failed += 1
+            log.debug("task %s (%s) attempt %s -> %s", task.id, task.task_type, task.attempt,
+                      outcome.status or "lease lost, result discarded")
+        notifier = getattr(self, "notifier", None)
+        if notifier is not None and any(o.status in ("SUCCESS", "FAILURE") for o in outcomes):
+            wake = getattr(notifier, "wake", None)
+            if wake is not None:
+                wake()
+
+    def _finish_loop(self) -> None:
+        """Write queued outcomes: everything that queued up while the last batch committed."""
+        while True:
+            first = self._finished.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < 500:
+                try:
+                    item = self._finished.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._finished.put(None)
+                    break
+                batch.append(item)
+            try:
+                outcomes = self._write_batch(batch)
+                self._after_finish([item.task for item in batch], outcomes)
+            finally:
+                with self._lock:
+                    self._unwritten -= len(batch)
+
+    def _write_batch(self, batch: list[FinishedAttempt]) -> list[FinishOutcome]:
+        with self.app.app_context():
+            try:
+                return AsyncTaskService().finish_many(batch, worker_id=self.worker_id)
+            except Exception:
+                db.session.rollback()
+                log.exception("batch finish of %d task(s) failed; finishing them one by one", len(batch))
+            finally:
+                db.session.remove()
+        outcomes = []
+        for item in batch:  # one bad row (or a dropped connection) must not sink the others
+            with self.app.app_context():
+                try:
+                    outcomes.append(AsyncTaskService().finish_task(
+                        item.task, item.result, worker_id=self.worker_id, traceback=item.traceback))
+                except Exception:
+                    log.exception("task %s: finishing failed; recovery will retry it", item.task.id)
+                    outcomes.append(FinishOutcome(None))
+                finally:
+                    db.session.remove()
+        return outcomes
 
     def _execute(self, service: AsyncTaskService, task: TaskInfo) -> tuple[TaskResult, str | None]:
         processor = service.registry.get(task.task_type)
@@ -306,9 +394,15 @@ class Consumer:
                 running = [(t.id, t.claim_token) for t in self._running.values()]
             try:
                 lost = self.locks.extend_many(running)
+                with self._lock:  # a task that finished meanwhile released its lock; not lost
+                    lost = {task_id for task_id in lost if task_id in self._running}
                 if lost:
                     log.warning("Redis lock missing for running task(s) %s (expired or deleted); "
                                 "the database lease still protects them", sorted(lost))
+                # With nothing to extend no round trip was made: ask Redis before calling it back,
+                # or an idle worker would flap between "unavailable" and "reachable again".
+                if not running and not self.locks.ping():
+                    raise RedisUnavailable("Redis did not answer PING")
                 self._redis_up()
             except RedisUnavailable as exc:
                 self._redis_down(exc)
@@ -318,7 +412,10 @@ class Consumer:
             try:
                 if self.locks is not None:
                     try:
-                        with self.locks.sweep_lock(ttl_seconds=max(5.0, self.heartbeat_interval * 2)) as mine:
+                        # TTL below the 3-beat stale threshold: a sweeper killed while holding it
+                        # must not delay the recovery of its own tasks (overlapping sweeps are
+                        # harmless, every recovery is a conditional update).
+                        with self.locks.sweep_lock(ttl_seconds=self.heartbeat_interval * 2) as mine:
                             if not mine:
                                 return
                             recovered = self._sweep()

@@ -28,6 +28,7 @@ class TaskEngine:
         self.locks = locks
         self.local_consumers: list[Consumer] = []
         self.redis_ok: bool | None = None if locks is None else True
+        self.paused_cache: tuple[float, set[str]] | None = None
 
     def announce_new_work(self) -> None:
         """Wake this process's consumers (other processes hear the database's NOTIFY)."""

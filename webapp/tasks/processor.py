@@ -133,6 +133,7 @@ class TaskInfo:
     retry_interval: float = 60
     retry_max_delay: float | None = None
     retry_jitter: float = 0.0
+    notify_url: str | None = None
 
 
 class TaskProcessor:

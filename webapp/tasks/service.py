@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
@@ -84,7 +85,53 @@ CLAIM_RETURNING = (
     AsyncTask.retry_interval,
     AsyncTask.retry_max_delay,
     AsyncTask.retry_jitter,
+    AsyncTask.notify_url,
 )
+
+
+# The claim on PostgreSQL, one round trip: pick due rows in claim order skipping rows other
+# consumers hold (SKIP LOCKED), stamp the lease on them, and write their CLAIMED events.
+CLAIM_SQL_POSTGRES = text("""
+WITH due AS (
+    SELECT id FROM async_task
+    WHERE status IN ('PENDING', 'RETRYING') AND next_run_at <= statement_timestamp()
+      AND task_type = ANY(CAST(:types AS varchar[]))
+    ORDER BY priority DESC, next_run_at, id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE async_task AS t
+    SET status = 'PROCESSING', claim_token = :token, worker_id = :worker,
+        started_at = statement_timestamp(), updated_at = statement_timestamp(),
+        attempts = t.attempts + 1, progress = NULL, progress_message = NULL
+    FROM due WHERE t.id = due.id
+    RETURNING t.id, t.task_type, t.payload, t.priority, t.retry_count, t.max_retry_count,
+              t.created_by, t.created_at, t.attempts, t.claim_token, t.retry_strategy,
+              t.retry_interval, t.retry_max_delay, t.retry_jitter, t.notify_url
+), events AS (
+    INSERT INTO task_event (task_id, at, kind, to_status, attempt, worker_id)
+    SELECT id, statement_timestamp(), 'CLAIMED', 'PROCESSING', attempts, :worker FROM claimed
+)
+SELECT * FROM claimed
+""").columns(created_at=UTCDateTime())
+
+
+# Many successes in one round trip: fenced by each attempt's claim token, events included.
+SUCCEED_SQL_POSTGRES = text("""
+WITH done AS (
+    UPDATE async_task AS t
+    SET status = 'SUCCESS', result = v.result, error = NULL, claim_token = NULL,
+        finished_at = statement_timestamp(), updated_at = statement_timestamp()
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS text[]), CAST(:results AS jsonb[]))
+         AS v(id, token, result)
+    WHERE t.id = v.id AND t.claim_token = v.token AND t.status = 'PROCESSING'
+    RETURNING t.id, t.attempts
+), events AS (
+    INSERT INTO task_event (task_id, at, kind, from_status, to_status, attempt, worker_id)
+    SELECT id, statement_timestamp(), 'SUCCEEDED', 'PROCESSING', 'SUCCESS', attempts, :worker FROM done
+)
+SELECT id FROM done
+""")
 
 
 @dataclass(frozen=True)
@@ -115,6 +162,15 @@ class TaskPage:
 
     items: list[AsyncTask]
     next_cursor: int | None
+
+
+@dataclass(frozen=True)
+class FinishedAttempt:
+    """A processor's verdict on one claimed attempt, waiting to be written."""
+
+    task: TaskInfo
+    result: TaskResult
+    traceback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -543,12 +599,31 @@ class AsyncTaskService:
         if limit < 1:
             return []
         types = list(self.registry.task_types() if task_types is None else task_types)
-        paused = set(self.paused_task_types())
+        paused = self.paused_task_types_cached()
         types = [t for t in types if t not in paused]
-        if not types:
-            self.session.rollback()
-            return []
         self.session.rollback()  # end any read snapshot so the write starts fresh
+        if not types:
+            return []
+        token = uuid.uuid4().hex
+        if self.is_postgres:
+            rows = self.session.execute(CLAIM_SQL_POSTGRES, {
+                "types": types, "limit": limit, "token": token, "worker": worker_id}).all()
+        else:
+            rows = self._claim_sqlite(worker_id, limit, types, token)
+        claimed = [
+            TaskInfo(id=r.id, task_type=r.task_type, payload=r.payload, priority=r.priority,
+                     retry_count=r.retry_count, max_retry_count=r.max_retry_count,
+                     created_by=r.created_by, created_at=r.created_at, attempt=r.attempts,
+                     claim_token=r.claim_token, retry_strategy=r.retry_strategy,
+                     retry_interval=r.retry_interval, retry_max_delay=r.retry_max_delay,
+                     retry_jitter=r.retry_jitter, notify_url=r.notify_url)
+            for r in rows
+        ]
+        claimed.sort(key=lambda t: (-t.priority, t.id))
+        self.session.commit()
+        return claimed
+
+    def _claim_sqlite(self, worker_id: str, limit: int, types: list[str], token: str) -> Sequence[Any]:
         self._begin_write()
         now = self._now()
         due = (
@@ -558,9 +633,6 @@ class AsyncTaskService:
             .order_by(AsyncTask.priority.desc(), AsyncTask.next_run_at, AsyncTask.id)
             .limit(limit)
         )
-        if self.is_postgres:
-            due = due.with_for_update(skip_locked=True)
-        token = uuid.uuid4().hex
         rows = self.session.execute(
             update(AsyncTask)
             .where(AsyncTask.id.in_(due.scalar_subquery()), AsyncTask.status.in_(WAITING_STATUSES))
@@ -570,23 +642,20 @@ class AsyncTaskService:
             .returning(*CLAIM_RETURNING)
             .execution_options(synchronize_session=False)
         ).all()
-        claimed = [
-            TaskInfo(id=r.id, task_type=r.task_type, payload=r.payload, priority=r.priority,
-                     retry_count=r.retry_count, max_retry_count=r.max_retry_count,
-                     created_by=r.created_by, created_at=r.created_at, attempt=r.attempts,
-                     claim_token=r.claim_token, retry_strategy=r.retry_strategy,
-                     retry_interval=r.retry_interval, retry_max_delay=r.retry_max_delay,
-                     retry_jitter=r.retry_jitter)
-            for r in rows
-        ]
-        claimed.sort(key=lambda t: (-t.priority, t.id))
         self._write_events([
-            self._event(t.id, TaskEventKind.CLAIMED, to_status=TaskStatus.PROCESSING.value,
-                        attempt=t.attempt, worker_id=worker_id)
-            for t in claimed
+            self._event(r.id, TaskEventKind.CLAIMED, to_status=TaskStatus.PROCESSING.value,
+                        attempt=r.attempts, worker_id=worker_id)
+            for r in rows
         ])
-        self.session.commit()
-        return claimed
+        return rows
+
+    def paused_task_types_cached(self) -> set[str]:
+        """Paused task types, re-read at most once a second (claims run many times a second)."""
+        engine = engine_state()
+        now = time.monotonic()
+        if engine.paused_cache is None or now - engine.paused_cache[0] > 1.0:
+            engine.paused_cache = (now, set(self.paused_task_types()))
+        return set(engine.paused_cache[1])
 
     def finish_task(self, task: TaskInfo, result: TaskResult, *, worker_id: str | None = None,
                     traceback: str | None = None) -> FinishOutcome:
@@ -596,15 +665,82 @@ class AsyncTaskService:
         status commit together; if the lease was lost (the task was recovered and claimed again,
         or cancelled), everything is rolled back and the late result is recorded as refused.
         """
+        self._begin_write()
+        outcome = self._apply_outcome(task, result, worker_id, traceback)
+        if outcome is None:
+            self.session.rollback()
+            self._record_late_result(task, result, worker_id)
+            return FinishOutcome(None)
+        self.session.commit()
+        return outcome
+
+    def finish_many(self, finished: Sequence[FinishedAttempt], *, worker_id: str | None = None
+                    ) -> list[FinishOutcome]:
+        """Finish many attempts in one transaction (processors that wrote nothing themselves).
+
+        Successes, the common case, are one statement for the whole batch on PostgreSQL
+        (``UPDATE ... FROM unnest(ids, tokens, results)``), still fenced by each claim token;
+        failures take the single-task path inside the same transaction. Returns one outcome per
+        input, in order; ``status=None`` where the lease had been lost.
+        """
+        self.session.rollback()
+        self._begin_write()
+        successes = [f for f in finished if f.result.success]
+        won = self._succeed_in_bulk(successes, worker_id)
+        outcomes: dict[int, FinishOutcome] = {}
+        for item in successes:
+            if item.task.id in won:
+                outcomes[item.task.id] = FinishOutcome(TaskStatus.SUCCESS.value)
+                self._queue_notifications_if_wanted(item.task, TaskStatus.SUCCESS.value, item.result)
+        for item in finished:
+            if not item.result.success:
+                outcome = self._apply_outcome(item.task, item.result, worker_id, item.traceback)
+                if outcome is not None:
+                    outcomes[item.task.id] = outcome
+        self.session.commit()
+        for item in finished:
+            if item.task.id not in outcomes:
+                self._record_late_result(item.task, item.result, worker_id)
+        return [outcomes.get(item.task.id, FinishOutcome(None)) for item in finished]
+
+    def _succeed_in_bulk(self, successes: Sequence[FinishedAttempt], worker_id: str | None) -> set[int]:
+        if not successes:
+            return set()
+        if self.is_postgres:
+            rows = self.session.execute(SUCCEED_SQL_POSTGRES, {
+                "ids": [f.task.id for f in successes], "tokens": [f.task.claim_token for f in successes],
+                "results": [json.dumps(_json_result(f.result.data)) for f in successes],
+                "worker": worker_id}).scalars().all()
+            return set(rows)
+        won = set()
+        now = self._now()
+        for item in successes:
+            changed = self.session.execute(
+                update(AsyncTask)
+                .where(AsyncTask.id == item.task.id, AsyncTask.claim_token == item.task.claim_token,
+                       AsyncTask.status == TaskStatus.PROCESSING.value)
+                .values(status=TaskStatus.SUCCESS.value, result=_json_result(item.result.data), error=None,
+                        finished_at=now, updated_at=now, claim_token=None)
+                .returning(AsyncTask.id).execution_options(synchronize_session=False)).first()
+            if changed is not None:
+                won.add(item.task.id)
+        self._write_events([
+            self._event(item.task.id, TaskEventKind.SUCCEEDED, from_status="PROCESSING",
+                        to_status=TaskStatus.SUCCESS.value, attempt=item.task.attempt, worker_id=worker_id)
+            for item in successes if item.task.id in won])
+        return won
+
+    def _apply_outcome(self, task: TaskInfo, result: TaskResult, worker_id: str | None,
+                       traceback: str | None) -> FinishOutcome | None:
+        """The fenced UPDATE of one attempt's outcome plus its event (no commit); None if fenced out."""
         now = self._now()
         values: dict[str, Any] = {"updated_at": now}
-        events: list[dict[str, Any]] = []
         retry_delay: float | None = None
         if result.success:
             status = TaskStatus.SUCCESS.value
             values.update(status=status, result=_json_result(result.data), error=None, finished_at=now)
-            events.append(self._event(task.id, TaskEventKind.SUCCEEDED, from_status="PROCESSING",
-                                      to_status=status, attempt=task.attempt, worker_id=worker_id))
+            event = self._event(task.id, TaskEventKind.SUCCEEDED, from_status="PROCESSING",
+                                to_status=status, attempt=task.attempt, worker_id=worker_id)
         else:
             message = _clip(result.message or "failed without a message")
             if result.retryable and task.retry_count < task.max_retry_count:
@@ -612,23 +748,21 @@ class AsyncTaskService:
                 retry_delay = next_retry_delay(task.retry_count + 1, task.retry_strategy,
                                                task.retry_interval, task.retry_max_delay, task.retry_jitter)
                 values.update(status=status, retry_count=AsyncTask.retry_count + 1, error=message,
-                              next_run_at=self._now_plus(retry_delay), claim_token=None, worker_id=None)
-                events.append(self._event(task.id, TaskEventKind.RETRY_SCHEDULED, from_status="PROCESSING",
-                                          to_status=status, attempt=task.attempt, worker_id=worker_id,
-                                          message=f"{message} (retry {task.retry_count + 1} of "
-                                                  f"{task.max_retry_count} in {retry_delay:g}s)",
-                                          traceback=traceback))
+                              next_run_at=self._now_plus(retry_delay), worker_id=None)
+                event = self._event(task.id, TaskEventKind.RETRY_SCHEDULED, from_status="PROCESSING",
+                                    to_status=status, attempt=task.attempt, worker_id=worker_id,
+                                    message=f"{message} (retry {task.retry_count + 1} of "
+                                            f"{task.max_retry_count} in {retry_delay:g}s)",
+                                    traceback=traceback)
             else:
                 status = TaskStatus.FAILURE.value
                 why = "" if result.retryable else " (not retryable)"
                 values.update(status=status, error=message, finished_at=now,
                               result=_json_result(result.data))
-                events.append(self._event(task.id, TaskEventKind.FAILED, from_status="PROCESSING",
-                                          to_status=status, attempt=task.attempt, worker_id=worker_id,
-                                          message=message + why, traceback=traceback))
-        if status != TaskStatus.RETRYING.value:
-            values.update(claim_token=None)
-        self._begin_write()
+                event = self._event(task.id, TaskEventKind.FAILED, from_status="PROCESSING",
+                                    to_status=status, attempt=task.attempt, worker_id=worker_id,
+                                    message=message + why, traceback=traceback)
+        values.update(claim_token=None)
         changed = self.session.execute(
             update(AsyncTask)
             .where(AsyncTask.id == task.id, AsyncTask.claim_token == task.claim_token,
@@ -638,16 +772,27 @@ class AsyncTaskService:
             .execution_options(synchronize_session=False)
         ).first()
         if changed is None:
-            self.session.rollback()
-            self._record_late_result(task, result, worker_id)
-            return FinishOutcome(None)
-        self._write_events(events)
+            return None
+        self._write_events([event])
         if status in (TaskStatus.SUCCESS.value, TaskStatus.FAILURE.value):
-            from .notify import queue_notifications
-
-            queue_notifications(self, task, status, result)
-        self.session.commit()
+            self._queue_notifications_if_wanted(task, status, result)
         return FinishOutcome(status, retry_delay)
+
+    def _queue_notifications_if_wanted(self, task: TaskInfo, status: str, result: TaskResult) -> None:
+        """Write outbox rows when a notification can be due; skips the lookup when none can be.
+
+        With the default ``build_notification_request`` a mail needs an email-address creator
+        and a webhook needs a ``notify_url``; a task with neither costs no query at all.
+        """
+        processor = self.registry.get(task.task_type)
+        if processor is None:
+            return
+        custom_builder = (type(processor).build_notification_request
+                          is not TaskProcessor.build_notification_request)
+        from .notify import is_email_address, queue_notifications
+
+        if custom_builder or task.notify_url or is_email_address(task.created_by):
+            queue_notifications(self, task, status, result)
 
     def _record_late_result(self, task: TaskInfo, result: TaskResult, worker_id: str | None) -> None:
         outcome = "success" if result.success else f"failure: {result.message}"
@@ -753,21 +898,30 @@ class AsyncTaskService:
         started_before = self._now_plus(-max_processing_time)
         self.session.rollback()
         self._begin_write()
+        stale_workers = select(Worker.id).where(Worker.status == "RUNNING", Worker.last_heartbeat_at < stale_before)
+        if self.is_postgres:
+            # A worker frozen mid-transaction (SIGSTOP, a paused VM) keeps its rows locked; waiting
+            # on them would stall every recovery in the cluster. Skip them: its tasks are still
+            # found below (reads do not wait), and its row is marked at a later sweep.
+            stale_workers = stale_workers.with_for_update(skip_locked=True)
         dead = self.session.execute(
-            update(Worker).where(Worker.status == "RUNNING", Worker.last_heartbeat_at < stale_before)
+            update(Worker).where(Worker.id.in_(stale_workers.scalar_subquery()))
             .values(status="DEAD", busy=0).returning(Worker.id).execution_options(synchronize_session=False)
         ).scalars().all()
         live_worker = exists().where(Worker.id == AsyncTask.worker_id, Worker.status == "RUNNING",
                                      Worker.last_heartbeat_at >= stale_before)
         orphaned = and_(AsyncTask.status == TaskStatus.PROCESSING.value,
                         or_(~live_worker, AsyncTask.started_at < started_before))
-        candidates = self.session.execute(
+        orphans = (
             select(AsyncTask.id, AsyncTask.claim_token, AsyncTask.worker_id, AsyncTask.attempts,
                    AsyncTask.recovery_count, AsyncTask.max_retry_count, AsyncTask.started_at,
                    AsyncTask.task_type, AsyncTask.created_by, AsyncTask.retry_count, AsyncTask.payload,
-                   AsyncTask.priority, AsyncTask.created_at)
+                   AsyncTask.priority, AsyncTask.created_at, AsyncTask.notify_url)
             .where(orphaned)
-        ).all()
+        )
+        if self.is_postgres:  # a row locked by a frozen (or finishing) worker: skip, not wait
+            orphans = orphans.with_for_update(skip_locked=True, of=AsyncTask)
+        candidates = self.session.execute(orphans).all()
         recovered: list[int] = []
         events = []
         limit_time = utcnow() - timedelta(seconds=max_processing_time)
@@ -800,11 +954,11 @@ class AsyncTaskService:
                     failed_info = TaskInfo(id=c.id, task_type=c.task_type, payload=c.payload,
                                            priority=c.priority, retry_count=c.retry_count,
                                            max_retry_count=c.max_retry_count, created_by=c.created_by,
-                                           created_at=c.created_at, attempt=c.attempts, claim_token="")
-                    from .notify import queue_notifications
-
-                    queue_notifications(self, failed_info, TaskStatus.FAILURE.value,
-                                        TaskResult.failure(values["error"], retryable=False))
+                                           created_at=c.created_at, attempt=c.attempts, claim_token="",
+                                           notify_url=c.notify_url)
+                    self._queue_notifications_if_wanted(
+                        failed_info, TaskStatus.FAILURE.value,
+                        TaskResult.failure(values["error"], retryable=False))
         self._write_events(events)
         if recovered:
             self._commit_new_work()
@@ -867,7 +1021,11 @@ def parse_time(value: Any, field: str) -> datetime:
         raise ValidationError(f"{field} must be a time (an aware datetime or ISO-8601 string)", field=field)
     if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
         raise ValidationError(f"{field} must include a time zone (e.g. 2026-01-01T12:00:00Z)", field=field)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 is past datetime.max in UTC
+        raise ValidationError(f"{field} is out of the supported range (years 1 to 9999 in UTC)",
+                              field=field) from None
 
 
 def _clip(text: str) -> str:
