@@ -118,8 +118,12 @@ def test_idempotency_key_returns_the_existing_task(app_ctx):
 
 def test_submit_many_is_all_or_nothing(app_ctx):
     service = AsyncTaskService()
-    tasks = service.submit_many([{"task_type": "NOOP", "payload": {"i": i}} for i in range(5)])
+    tasks = service.submit_many([{"task_type": "NOOP", "payload": {"i": i}, "priority": i} for i in range(5)])
     assert [t.payload["i"] for t in tasks] == list(range(5))
+    for i, task in enumerate(tasks):
+        stored = service.get_task(task.id)
+        assert (stored.payload, stored.priority, stored.status) == ({"i": i}, i, "PENDING")
+        assert kinds(service, task.id) == ["SUBMITTED"]
     before = task_count()
     with pytest.raises(InvalidPayload) as caught:
         service.submit_many([{"task_type": "NOOP", "payload": {}}, {"task_type": "NOOP", "payload": 3}])

@@ -147,12 +147,12 @@ def register_cli(app: Flask) -> None:
     try:
         from .console.cli import users_cli
     except ImportError:
-        users_cli = None
-    if users_cli is not None:
+        pass
+    else:
         app.cli.add_command(users_cli)
     try:
         from .api.cli import tokens_cli
     except ImportError:
-        tokens_cli = None
-    if tokens_cli is not None:
+        pass
+    else:
         app.cli.add_command(tokens_cli)

@@ -15,7 +15,7 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z")
 
 
-def task_to_dict(task: AsyncTask) -> dict[str, Any]:
+def task_to_dict(task: AsyncTask | Any) -> dict[str, Any]:
     """Every column of SPEC section 3 (plus lease and progress fields), times in ISO-8601 UTC."""
     return {
         "id": task.id,
