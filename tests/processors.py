@@ -125,3 +125,43 @@ class BlockingProcessor(TaskProcessor):
         record(task)
         RELEASE.wait(float(payload.get("timeout", 10)))
         return TaskResult.success()
+
+
+class StepsProcessor(TaskProcessor):
+    """Works in ``steps`` steps of ``step_seconds``, reporting progress; honours cancel requests."""
+
+    task_type = "STEPS"
+
+    def process(self, task: TaskInfo, payload: dict) -> TaskResult:
+        record(task)
+        steps = int(payload.get("steps", 5))
+        for step in range(steps):
+            time.sleep(float(payload.get("step_seconds", 0.2)))
+            self.report_progress((step + 1) / steps, f"step {step + 1} of {steps}")
+        return TaskResult.success({"steps": steps})
+
+
+class IgnoresCancelProcessor(TaskProcessor):
+    """Runs to the end whatever is asked of it."""
+
+    task_type = "IGNORES_CANCEL"
+
+    def process(self, task: TaskInfo, payload: dict) -> TaskResult:
+        record(task)
+        time.sleep(float(payload.get("seconds", 1.0)))
+        return TaskResult.success()
+
+
+class PollsCancelProcessor(TaskProcessor):
+    """Checks is_cancel_requested() and returns TaskResult.cancelled() itself."""
+
+    task_type = "POLLS_CANCEL"
+
+    def process(self, task: TaskInfo, payload: dict) -> TaskResult:
+        record(task)
+        deadline = time.monotonic() + float(payload.get("seconds", 10))
+        while time.monotonic() < deadline:
+            if self.is_cancel_requested():
+                return TaskResult.cancelled("stopped at the operator's request")
+            time.sleep(0.05)
+        return TaskResult.success()

@@ -215,3 +215,57 @@ def test_worker_row_heartbeats(app):
         assert workers[0].last_heartbeat_at > first
         assert workers[0].concurrency == 2
         assert db.session.scalar(select(func.count()).select_from(TaskEvent)) == 0
+
+
+def test_progress_is_visible_while_the_task_runs(app):
+    with app.app_context():
+        task_id = AsyncTaskService().submit_task("STEPS", {"steps": 6, "step_seconds": 0.25}).id
+    Consumer(app, concurrency=1).start()
+
+    def progress():
+        with app.app_context():
+            task = AsyncTaskService().get_task(task_id)
+            return task.status == "PROCESSING" and task.progress and 0 < task.progress < 1 and task
+    seen = wait_until(progress, timeout=10, message="partial progress")
+    assert seen.progress_message.startswith("step ")
+    wait_until(lambda: statuses(app, [task_id]) == ["SUCCESS"], message="done")
+
+
+def test_a_running_task_stops_when_cancelled(app):
+    with app.app_context():
+        service = AsyncTaskService()
+        reporting = service.submit_task("STEPS", {"steps": 100, "step_seconds": 0.05}).id
+        polling = service.submit_task("POLLS_CANCEL", {"seconds": 20}).id
+    Consumer(app, concurrency=2).start()
+    wait_until(lambda: statuses(app, [reporting, polling]) == ["PROCESSING"] * 2, message="both running")
+    with app.app_context():
+        AsyncTaskService().cancel_task(reporting, actor="ops")
+        AsyncTaskService().cancel_task(polling, actor="ops")
+    wait_until(lambda: statuses(app, [reporting, polling]) == ["CANCELLED"] * 2, timeout=10,
+               message="both cancelled")
+    with app.app_context():
+        assert AsyncTaskService().get_task(polling).error == "stopped at the operator's request"
+
+
+def test_a_task_that_ignores_cancel_finishes_and_the_request_is_too_late(app):
+    with app.app_context():
+        task_id = AsyncTaskService().submit_task("IGNORES_CANCEL", {"seconds": 1.0}).id
+    Consumer(app, concurrency=1).start()
+    wait_until(lambda: statuses(app, [task_id]) == ["PROCESSING"], message="running")
+    with app.app_context():
+        AsyncTaskService().cancel_task(task_id)
+    wait_until(lambda: statuses(app, [task_id]) == ["SUCCESS"], message="finished anyway")
+    with app.app_context():
+        assert "CANCEL_TOO_LATE" in [e.kind for e in AsyncTaskService().events_for(task_id)]
+
+
+def test_pause_stops_claims_and_resume_restarts_them(app):
+    with app.app_context():
+        AsyncTaskService().pause_task_type("NOOP", actor="ops")
+        task_id = AsyncTaskService().submit_task("NOOP", {}).id
+    Consumer(app, concurrency=1, poll_interval=0.1).start()
+    time.sleep(1.5)
+    assert statuses(app, [task_id]) == ["PENDING"]
+    with app.app_context():
+        AsyncTaskService().resume_task_type("NOOP", actor="ops")
+    wait_until(lambda: statuses(app, [task_id]) == ["SUCCESS"], timeout=5, message="resumed")

@@ -187,14 +187,14 @@ def test_cancel_pending_and_retrying(app_ctx):
     assert service.cancel_task(flaky.id).status == "CANCELLED"
 
 
-@pytest.mark.parametrize("finish", ["PROCESSING", "SUCCESS", "CANCELLED"])
-def test_cancel_is_refused_outside_pending_and_retrying(app_ctx, finish):
+@pytest.mark.parametrize("finish", ["SUCCESS", "FAILURE", "CANCELLED"])
+def test_cancel_is_refused_for_finished_tasks(app_ctx, finish):
     service = AsyncTaskService()
     task = service.submit_task("NOOP", {})
     if finish != "CANCELLED":
         claimed = claim_one(service)
-        if finish == "SUCCESS":
-            service.finish_task(claimed, TaskResult.success())
+        result = TaskResult.success() if finish == "SUCCESS" else TaskResult.failure("x", retryable=False)
+        service.finish_task(claimed, result)
     else:
         service.cancel_task(task.id)
     with pytest.raises(InvalidTransition, match=f"it is {finish}") as caught:
@@ -437,3 +437,72 @@ def test_events_record_every_state_change_with_its_time(app_ctx):
     assert events[-1].traceback == "Traceback: x"
     assert all(e.at is not None for e in events)
     assert db.session.scalar(select(func.count()).select_from(TaskEvent)) == 3
+
+
+# -- operator power features: cancel requests, pause, edit and retry ---------------------------
+
+
+def test_cancel_of_a_running_task_is_a_request(app_ctx):
+    service = AsyncTaskService()
+    task = service.submit_task("NOOP", {})
+    claimed = claim_one(service)
+    requested = service.cancel_task(task.id, actor="alice")
+    assert requested.status == "PROCESSING" and requested.cancel_requested_at is not None
+    assert service.cancel_task(task.id).cancel_requested_at == requested.cancel_requested_at
+    assert service.finish_task(claimed, TaskResult.cancelled()).status == "CANCELLED"
+    db.session.expire_all()
+    row = service.get_task(task.id)
+    assert row.status == "CANCELLED" and row.finished_at is not None
+    assert kinds(service, task.id)[-2:] == ["CANCEL_REQUESTED", "CANCELLED"]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_an_ignored_cancel_request_is_recorded_as_too_late(app_ctx, batched):
+    from webapp.tasks.service import FinishedAttempt
+
+    service = AsyncTaskService()
+    task = service.submit_task("NOOP", {})
+    claimed = claim_one(service)
+    service.cancel_task(task.id)
+    if batched:
+        assert service.finish_many([FinishedAttempt(claimed, TaskResult.success())])[0].status == "SUCCESS"
+    else:
+        assert service.finish_task(claimed, TaskResult.success()).status == "SUCCESS"
+    assert kinds(service, task.id)[-2:] == ["SUCCEEDED", "CANCEL_TOO_LATE"] or \
+        kinds(service, task.id)[-2:] == ["CANCEL_TOO_LATE", "SUCCEEDED"]
+
+
+def test_paused_types_are_not_claimed_but_still_queue(app_ctx):
+    service = AsyncTaskService()
+    service.pause_task_type("NOOP", actor="ops")
+    noop = service.submit_task("NOOP", {})
+    sleep = service.submit_task("SLEEP", {})
+    assert [t.id for t in service.claim_due_tasks(WORKER, 5)] == [sleep.id]
+    service.resume_task_type("NOOP", actor="ops")
+    assert [t.id for t in service.claim_due_tasks(WORKER, 5)] == [noop.id]
+    service.pause_task_type("*")
+    service.submit_task("NOOP", {})
+    assert service.claim_due_tasks(WORKER, 5) == []
+    service.resume_task_type("*")
+    assert len(service.claim_due_tasks(WORKER, 5)) == 1
+    with pytest.raises(UnknownTaskType):
+        service.pause_task_type("NOPE")
+
+
+def test_edit_and_retry_creates_a_linked_task(app_ctx):
+    service = AsyncTaskService()
+    task = service.submit_task("ORDER", {"customer": "c", "amount": 1}, created_by="a@example.com")
+    with pytest.raises(InvalidTransition):
+        service.resubmit_task(task.id, {"customer": "c", "amount": 2})
+    claimed = claim_one(service)
+    service.finish_task(claimed, TaskResult.failure("bad amount", retryable=False))
+    with pytest.raises(InvalidPayload):
+        service.resubmit_task(task.id, {"customer": "c", "amount": "two"})
+    new = service.resubmit_task(task.id, {"customer": "c", "amount": 2}, actor="ops")
+    assert new.id != task.id and new.parent_id == task.id and new.status == "PENDING"
+    assert new.payload == {"customer": "c", "amount": 2}
+    assert new.created_by == "a@example.com"
+    db.session.expire_all()
+    original = service.get_task(task.id)
+    assert (original.status, original.payload["amount"]) == ("FAILURE", 1)
+    assert kinds(service, task.id)[-1] == "RESUBMITTED"

@@ -29,8 +29,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from flask import Flask
 
 from ..extensions import db
+from .errors import TaskCancelled
 from .locks import RedisUnavailable, TaskLocks
 from .processor import TaskInfo, TaskResult
+from .progress import TaskContext
+from .progress import enter as enter_context
 from .registry import payload_from_json
 from .service import WAKE_CHANNEL, AsyncTaskService, FinishedAttempt, FinishOutcome
 
@@ -353,16 +356,25 @@ class Consumer:
         if processor is None:
             return TaskResult.failure(f"no processor registered for task type {task.task_type!r}",
                                       retryable=False), None
+        context = TaskContext(self.app, task)
+        enter_context(context)
         try:
             payload: Any = task.payload
             if processor.payload_type is not None:
                 payload = payload_from_json(processor.payload_type, task.payload)
             result = processor.process(task, payload)
+        except TaskCancelled:
+            db.session.rollback()  # a cancelled attempt keeps none of its writes
+            log.info("task %s (%s) attempt %s cancelled on request", task.id, task.task_type, task.attempt)
+            return TaskResult.cancelled(), None
         except Exception as exc:
             db.session.rollback()  # the processor's own writes go with its failed attempt
             log.warning("task %s (%s) attempt %s raised %s: %s", task.id, task.task_type, task.attempt,
                         type(exc).__name__, exc)
             return TaskResult.failure(f"{type(exc).__name__}: {exc}"), tb_module.format_exc()
+        finally:
+            enter_context(None)
+            context.flush()
         if result is None:
             return TaskResult.success(), None
         if isinstance(result, dict):

@@ -52,3 +52,11 @@ class RegistryError(TaskError):
     """Processors could not be registered (duplicate task type, bad module): a start-up error."""
 
     code = "registry_error"
+
+
+class TaskCancelled(Exception):
+    """Raised inside a running task when an operator asked to cancel it; ends it CANCELLED.
+
+    ``report_progress`` raises it once a cancel has been requested; a processor may also raise
+    it itself after checking ``is_cancel_requested()``.
+    """

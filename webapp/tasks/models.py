@@ -162,6 +162,8 @@ class TaskEventKind(enum.StrEnum):
     RELEASED = "RELEASED"
     LATE_RESULT_REFUSED = "LATE_RESULT_REFUSED"
     CANCEL_REQUESTED = "CANCEL_REQUESTED"
+    CANCEL_TOO_LATE = "CANCEL_TOO_LATE"
+    RESUBMITTED = "RESUBMITTED"
 
 
 class TaskEvent(db.Model):  # type: ignore[name-defined,misc]

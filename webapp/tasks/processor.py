@@ -59,9 +59,10 @@ class TaskResult:
     """What ``process()`` returns: ``TaskResult.success(data)`` or ``TaskResult.failure(message)``.
 
     A failure with ``retryable=False`` ends the task in FAILURE at once, whatever retries remain.
+    ``TaskResult.cancelled(message)`` ends it CANCELLED (a processor honouring a cancel request).
     """
 
-    __slots__ = ("_success", "data", "message", "retryable")
+    __slots__ = ("_success", "data", "message", "retryable", "is_cancelled")
     success = _SuccessFlag()
 
     def __init__(
@@ -75,6 +76,7 @@ class TaskResult:
         self.data = data
         self.message = message
         self.retryable = retryable
+        self.is_cancelled = False
 
     @classmethod
     def _make_success(cls, data: dict[str, Any] | None = None) -> TaskResult:
@@ -84,15 +86,23 @@ class TaskResult:
     def failure(cls, message: str, retryable: bool = True) -> TaskResult:
         return cls(False, message=str(message), retryable=retryable)
 
+    @classmethod
+    def cancelled(cls, message: str = "cancelled at an operator's request") -> TaskResult:
+        result = cls(False, message=str(message), retryable=False)
+        result.is_cancelled = True
+        return result
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TaskResult):
             return NotImplemented
-        return (self._success, self.data, self.message, self.retryable) == (
-            other._success, other.data, other.message, other.retryable)
+        return (self._success, self.data, self.message, self.retryable, self.is_cancelled) == (
+            other._success, other.data, other.message, other.retryable, other.is_cancelled)
 
     def __repr__(self) -> str:
         if self._success:
             return f"TaskResult.success({self.data!r})"
+        if self.is_cancelled:
+            return f"TaskResult.cancelled({self.message!r})"
         return f"TaskResult.failure({self.message!r}, retryable={self.retryable!r})"
 
 
@@ -170,3 +180,18 @@ class TaskProcessor:
 
     def build_notification_request(self, task: Any, result: TaskResult) -> NotificationRequest | None:
         return None
+
+    def report_progress(self, fraction: float, message: str | None = None) -> None:
+        """Record how far the running task is (0.0 to 1.0); raises TaskCancelled once cancel is asked.
+
+        Writes are throttled (at most a few a second), so calling this in a tight loop is cheap.
+        """
+        from .progress import current_context
+
+        current_context().report_progress(fraction, message)
+
+    def is_cancel_requested(self) -> bool:
+        """Whether an operator asked to cancel the running task (checked at most a few times a second)."""
+        from .progress import current_context
+
+        return current_context().is_cancel_requested()

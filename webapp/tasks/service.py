@@ -68,6 +68,7 @@ from .retry import next_retry_delay
 log = logging.getLogger(__name__)
 
 WAKE_CHANNEL = "async_task_new_work"
+ALL_TYPES = "*"  # pausing this pauses every task type
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MAX_ERROR_LENGTH = 20_000
@@ -126,12 +127,12 @@ WITH done AS (
     FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS text[]), CAST(:results AS jsonb[]))
          AS v(id, token, result)
     WHERE t.id = v.id AND t.claim_token = v.token AND t.status = 'PROCESSING'
-    RETURNING t.id, t.attempts
+    RETURNING t.id, t.attempts, t.cancel_requested_at
 ), events AS (
     INSERT INTO task_event (task_id, at, kind, from_status, to_status, attempt, worker_id)
     SELECT id, statement_timestamp(), 'SUCCEEDED', 'PROCESSING', 'SUCCESS', attempts, :worker FROM done
 )
-SELECT id FROM done
+SELECT id, cancel_requested_at FROM done
 """)
 
 
@@ -594,25 +595,104 @@ class AsyncTaskService:
     # -- operator transitions ----------------------------------------------------------------
 
     def cancel_task(self, task_id: Any, actor: str | None = None) -> AsyncTask:
-        """PENDING or RETRYING -> CANCELLED. Any other status is refused with InvalidTransition."""
+        """PENDING or RETRYING -> CANCELLED at once; PROCESSING -> a cancel request.
+
+        A running task cannot be stopped from outside: the request is recorded
+        (``cancel_requested_at``) and the processor sees it through ``is_cancel_requested()`` or
+        ``report_progress``; if it ignores it, the task ends normally and the request is recorded
+        as too late. SUCCESS, FAILURE and CANCELLED tasks are refused with InvalidTransition.
+        """
         task_id = validate_task_id(task_id)
+        self.session.rollback()
         self._begin_write()
         changed = self.session.execute(
             update(AsyncTask)
             .where(AsyncTask.id == task_id, AsyncTask.status.in_(WAITING_STATUSES))
-            .values(status=TaskStatus.CANCELLED.value, finished_at=self._now(), updated_at=self._now())
-            .returning(AsyncTask.id)
+            .values(status=TaskStatus.CANCELLED.value, finished_at=self._now(), updated_at=self._now(),
+                    claim_token=None, worker_id=None)
+            .returning(AsyncTask.status)
             .execution_options(synchronize_session=False)
         ).first()
         if changed is None:
-            self.session.rollback()
-            self._refuse(task_id, actor, "cancel", "only PENDING or RETRYING tasks can be cancelled")
+            return self._request_cancel(task_id, actor)
         self._write_events([self._event(task_id, TaskEventKind.CANCELLED,
                                         to_status=TaskStatus.CANCELLED.value, actor=actor)])
         if actor is not None:
             self.audit(actor, "task.cancel", "task", task_id)
         self.session.commit()
         return self.require_task(task_id)
+
+    def _request_cancel(self, task_id: int, actor: str | None) -> AsyncTask:
+        requested = self.session.execute(
+            update(AsyncTask)
+            .where(AsyncTask.id == task_id, AsyncTask.status == TaskStatus.PROCESSING.value,
+                   AsyncTask.cancel_requested_at.is_(None))
+            .values(cancel_requested_at=self._now(), updated_at=self._now())
+            .returning(AsyncTask.attempts)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if requested is None:
+            self.session.rollback()
+            task = self.get_task(task_id)
+            if task is not None and task.status == TaskStatus.PROCESSING.value:
+                return task  # already requested: asking twice changes nothing
+            self._refuse(task_id, actor, "cancel",
+                         "only PENDING, RETRYING or PROCESSING tasks can be cancelled")
+        self._write_events([self._event(task_id, TaskEventKind.CANCEL_REQUESTED, actor=actor,
+                                        attempt=requested.attempts if requested else None,
+                                        message="cancel requested while running; the processor "
+                                                "decides when to stop")])
+        if actor is not None:
+            self.audit(actor, "task.cancel_request", "task", task_id)
+        self.session.commit()
+        return self.require_task(task_id)
+
+    def resubmit_task(self, task_id: Any, payload: Any, actor: str | None = None) -> AsyncTask:
+        """Edit and retry: a new task with ``payload`` linked to a FAILURE or CANCELLED original.
+
+        The original row is never changed; both timelines record the link.
+        """
+        original = self.require_task(task_id)
+        if original.status not in (TaskStatus.FAILURE.value, TaskStatus.CANCELLED.value):
+            raise InvalidTransition(
+                f"cannot edit and retry task {original.id}: it is {original.status}; only FAILURE or "
+                f"CANCELLED tasks can be resubmitted", current_status=original.status)
+        outcome = self.submit(original.task_type, payload, original.priority, original.created_by,
+                              notify_url=original.notify_url, parent_id=original.id, commit=False)
+        new_task = outcome.task
+        self._write_events([self._event(original.id, TaskEventKind.RESUBMITTED, actor=actor,
+                                        message=f"edited and resubmitted as task {new_task.id}")])
+        if actor is not None:
+            self.audit(actor, "task.resubmit", "task", original.id, detail={"new_task_id": new_task.id})
+        new_id = new_task.id
+        self._commit_new_work()
+        return self.require_task(new_id)
+
+    def pause_task_type(self, task_type: str, actor: str | None = None) -> None:
+        """Stop claiming ``task_type`` ('*' pauses every type); submissions still queue."""
+        self._set_paused(task_type, True, actor)
+
+    def resume_task_type(self, task_type: str, actor: str | None = None) -> None:
+        """Claim ``task_type`` again ('*' lifts the pause of everything)."""
+        self._set_paused(task_type, False, actor)
+
+    def _set_paused(self, task_type: str, paused: bool, actor: str | None) -> None:
+        if task_type != ALL_TYPES:
+            self.processor_for(task_type)
+        self._begin_write()
+        state = self.session.get(TaskTypeState, task_type)
+        if state is None:
+            state = TaskTypeState(task_type=task_type)
+            self.session.add(state)
+        state.paused = paused
+        state.changed_at = utcnow()
+        state.changed_by = actor
+        self.audit(actor, "task_type.pause" if paused else "task_type.resume", "task_type", task_type)
+        if paused:
+            self.session.commit()
+        else:
+            self._commit_new_work()
+        engine_state().paused_cache = None
 
     def retry_task(self, task_id: Any, actor: str | None = None) -> AsyncTask:
         """FAILURE -> PENDING with the retry count back at 0. Any other status is refused."""
@@ -667,7 +747,7 @@ class AsyncTaskService:
             return []
         types = list(self.registry.task_types() if task_types is None else task_types)
         paused = self.paused_task_types_cached()
-        types = [t for t in types if t not in paused]
+        types = [] if ALL_TYPES in paused else [t for t in types if t not in paused]
         self.session.rollback()  # end any read snapshot so the write starts fresh
         if not types:
             return []
@@ -777,24 +857,31 @@ class AsyncTaskService:
             rows = self.session.execute(SUCCEED_SQL_POSTGRES, {
                 "ids": [f.task.id for f in successes], "tokens": [f.task.claim_token for f in successes],
                 "results": [json.dumps(_json_result(f.result.data)) for f in successes],
-                "worker": worker_id}).scalars().all()
-            return set(rows)
-        won = set()
-        now = self._now()
-        for item in successes:
-            changed = self.session.execute(
-                update(AsyncTask)
-                .where(AsyncTask.id == item.task.id, AsyncTask.claim_token == item.task.claim_token,
-                       AsyncTask.status == TaskStatus.PROCESSING.value)
-                .values(status=TaskStatus.SUCCESS.value, result=_json_result(item.result.data), error=None,
-                        finished_at=now, updated_at=now, claim_token=None)
-                .returning(AsyncTask.id).execution_options(synchronize_session=False)).first()
-            if changed is not None:
-                won.add(item.task.id)
-        self._write_events([
-            self._event(item.task.id, TaskEventKind.SUCCEEDED, from_status="PROCESSING",
-                        to_status=TaskStatus.SUCCESS.value, attempt=item.task.attempt, worker_id=worker_id)
-            for item in successes if item.task.id in won])
+                "worker": worker_id}).all()
+            won = {row.id for row in rows}
+            too_late = {row.id for row in rows if row.cancel_requested_at is not None}
+        else:
+            won, too_late = set(), set()
+            now = self._now()
+            for item in successes:
+                changed = self.session.execute(
+                    update(AsyncTask)
+                    .where(AsyncTask.id == item.task.id, AsyncTask.claim_token == item.task.claim_token,
+                           AsyncTask.status == TaskStatus.PROCESSING.value)
+                    .values(status=TaskStatus.SUCCESS.value, result=_json_result(item.result.data),
+                            error=None, finished_at=now, updated_at=now, claim_token=None)
+                    .returning(AsyncTask.cancel_requested_at).execution_options(synchronize_session=False)
+                ).first()
+                if changed is not None:
+                    won.add(item.task.id)
+                    if changed.cancel_requested_at is not None:
+                        too_late.add(item.task.id)
+            self._write_events([
+                self._event(item.task.id, TaskEventKind.SUCCEEDED, from_status="PROCESSING",
+                            to_status=TaskStatus.SUCCESS.value, attempt=item.task.attempt, worker_id=worker_id)
+                for item in successes if item.task.id in won])
+        self._write_events([self._cancel_too_late(item.task, TaskStatus.SUCCESS.value, worker_id)
+                            for item in successes if item.task.id in too_late])
         return won
 
     def _apply_outcome(self, task: TaskInfo, result: TaskResult, worker_id: str | None,
@@ -808,6 +895,13 @@ class AsyncTaskService:
             values.update(status=status, result=_json_result(result.data), error=None, finished_at=now)
             event = self._event(task.id, TaskEventKind.SUCCEEDED, from_status="PROCESSING",
                                 to_status=status, attempt=task.attempt, worker_id=worker_id)
+        elif result.is_cancelled:
+            status = TaskStatus.CANCELLED.value
+            message = _clip(result.message or "cancelled")
+            values.update(status=status, error=message, finished_at=now)
+            event = self._event(task.id, TaskEventKind.CANCELLED, from_status="PROCESSING",
+                                to_status=status, attempt=task.attempt, worker_id=worker_id,
+                                message=message)
         else:
             message = _clip(result.message or "failed without a message")
             if result.retryable and task.retry_count < task.max_retry_count:
@@ -835,15 +929,22 @@ class AsyncTaskService:
             .where(AsyncTask.id == task.id, AsyncTask.claim_token == task.claim_token,
                    AsyncTask.status == TaskStatus.PROCESSING.value)
             .values(**values)
-            .returning(AsyncTask.id)
+            .returning(AsyncTask.cancel_requested_at)
             .execution_options(synchronize_session=False)
         ).first()
         if changed is None:
             return None
-        self._write_events([event])
+        events = [event]
+        if changed.cancel_requested_at is not None and status != TaskStatus.CANCELLED.value:
+            events.append(self._cancel_too_late(task, status, worker_id))
+        self._write_events(events)
         if status in (TaskStatus.SUCCESS.value, TaskStatus.FAILURE.value):
             self._queue_notifications_if_wanted(task, status, result)
         return FinishOutcome(status, retry_delay)
+
+    def _cancel_too_late(self, task: TaskInfo, status: str, worker_id: str | None) -> dict[str, Any]:
+        return self._event(task.id, TaskEventKind.CANCEL_TOO_LATE, attempt=task.attempt, worker_id=worker_id,
+                           message=f"the cancel request was not honoured; the attempt ended {status}")
 
     def _queue_notifications_if_wanted(self, task: TaskInfo, status: str, result: TaskResult) -> None:
         """Write outbox rows when a notification can be due; skips the lookup when none can be.
