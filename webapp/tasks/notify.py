@@ -1,11 +1,15 @@
 """Notification outbox: rows written in the same transaction as a task's final status.
 
-Delivery (mail, webhooks) happens after commit, elsewhere; this module only decides what to
-send and writes it down, so a slow or failing mail server can never change a task's outcome.
+Delivery (mail, webhooks) happens after commit, on the dispatcher's own threads
+(``webapp.tasks.delivery``); this module only decides what to send and writes it down, so a
+slow or failing mail server can never change a task's outcome. Nothing here may raise into
+``finish_task``: a processor's broken ``build_notification_request``, an invalid recipient or a
+template error becomes a SKIPPED row naming the reason, and the task's status commits anyway.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from typing import TYPE_CHECKING, Any
@@ -16,6 +20,7 @@ from flask import current_app
 from .errors import ValidationError
 from .models import AsyncTask, Notification, NotificationStatus, TaskStatus, utcnow
 from .processor import NotificationRequest, NotificationType, TaskInfo, TaskResult
+from .serialize import task_to_dict
 
 if TYPE_CHECKING:
     from .service import AsyncTaskService
@@ -24,34 +29,66 @@ log = logging.getLogger(__name__)
 
 EMAIL_PATTERN = re.compile(r"^[^@\s<>\"',;]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                            r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+MAX_SUBJECT = 500
+MAX_RECIPIENT = 2000
+MAX_RESULT_IN_MAIL = 4000
+DEFAULT_TEMPLATE = "email/task_finished"
 
 
 def is_email_address(value: str | None) -> bool:
+    """A single plain address (``user@example.com``), no display name, no list."""
     return bool(value) and len(value or "") <= 254 and EMAIL_PATTERN.match(value or "") is not None
 
 
 def validate_webhook_url(url: Any, field: str = "notify_url") -> str:
     """An absolute http(s) URL with a host; whether private hosts are allowed is checked at send."""
-    if not isinstance(url, str) or not url or len(url) > 2000:
-        raise ValidationError(f"{field} must be an http(s) URL of at most 2000 characters", field=field)
-    parts = urlsplit(url)
+    if not isinstance(url, str) or not url or len(url) > MAX_RECIPIENT:
+        raise ValidationError(f"{field} must be an http(s) URL of at most {MAX_RECIPIENT} characters",
+                              field=field)
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise ValidationError(f"{field} must not contain spaces or control characters", field=field)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValidationError(f"{field} is not a valid URL ({exc})", field=field) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError(f"{field} must be an absolute http(s) URL, got {url!r}", field=field)
+    if port == 0:
+        raise ValidationError(f"{field} has an invalid port 0", field=field)
     return url
 
 
 def queue_notifications(service: AsyncTaskService, task: TaskInfo, status: str, result: TaskResult) -> None:
-    """Write the outbox rows a task's final status calls for (inside the finishing transaction)."""
-    processor = service.registry.get(task.task_type)
-    if processor is None:
-        return
-    wants = (processor.should_notify_on_success() if status == TaskStatus.SUCCESS.value
-             else processor.should_notify_on_failure())
-    row = service.session.get(AsyncTask, task.id)
+    """Write the outbox rows a task's final status calls for (inside the finishing transaction).
+
+    Never raises: whatever goes wrong while building a notification is recorded as a SKIPPED row
+    with the reason, because the task's outcome must commit regardless.
+    """
+    try:
+        rows = _outbox_rows(service, task, status, result)
+    except Exception as exc:  # a bug here must not turn a finished task into a failed commit
+        log.exception("task %s: could not build its notifications", task.id)
+        rows = [outbox_row(task.id, None, f"building the notification failed: {type(exc).__name__}: {exc}",
+                           _max_attempts())]
+    for row in rows:
+        service.session.add(row)
+    if any(row.status == NotificationStatus.PENDING.value for row in rows):
+        from .delivery import wake_dispatchers_after_commit
+
+        wake_dispatchers_after_commit(service.session)
+
+
+def _outbox_rows(service: AsyncTaskService, task: TaskInfo, status: str,
+                 result: TaskResult) -> list[Notification]:
+    # populate_existing: finish_task changed the row with a bulk UPDATE, so an object already in
+    # the session's identity map would still show the old status.
+    row = service.session.get(AsyncTask, task.id, populate_existing=True)
     if row is None:
-        return
+        return []
+    processor = service.registry.get(task.task_type)
     requests: list[tuple[NotificationRequest | None, str | None]] = []
-    if wants:
+    if processor is not None and _wants_notification(processor, status):
         try:
             request = processor.build_notification_request(row, result)
         except Exception as exc:  # a processor bug must not lose the task's outcome
@@ -59,15 +96,59 @@ def queue_notifications(service: AsyncTaskService, task: TaskInfo, status: str, 
             requests.append((None, f"build_notification_request raised {type(exc).__name__}: {exc}"))
         else:
             if request is not None:
-                requests.append((request, None))
+                requests.append(_checked_request(request))
             elif is_email_address(row.created_by):
-                requests.append((default_email(row, status, result), None))
+                requests.append(_default_email_or_problem(row, status, result))
     if row.notify_url:
         requests.append((NotificationRequest(NotificationType.WEBHOOK, row.notify_url,
                                              subject=f"task {row.id} {status}"), None))
-    max_attempts = int(current_app.config.get("ASYNC_TASK_NOTIFY_MAX_ATTEMPTS", 8))
+    max_attempts = _max_attempts()
+    body = None
+    rows = []
     for request, problem in requests:
-        service.session.add(outbox_row(task.id, request, problem, max_attempts))
+        if request is not None and request.type == NotificationType.WEBHOOK:
+            # The body is frozen now, so a later manual retry of the task cannot change what
+            # this notification reports.
+            body = body or json.dumps(task_to_dict(row), ensure_ascii=False, separators=(",", ":"))
+            request = NotificationRequest(request.type, request.recipient, request.subject, body)
+        rows.append(outbox_row(task.id, request, problem, max_attempts))
+    return rows
+
+
+def _wants_notification(processor: Any, status: str) -> bool:
+    try:
+        if status == TaskStatus.SUCCESS.value:
+            return bool(processor.should_notify_on_success())
+        return bool(processor.should_notify_on_failure())
+    except Exception:
+        log.exception("should_notify_on_* of %s raised; not notifying", type(processor).__name__)
+        return False
+
+
+def _checked_request(request: Any) -> tuple[NotificationRequest | None, str | None]:
+    if not isinstance(request, NotificationRequest):
+        return None, (f"build_notification_request returned {type(request).__name__}, "
+                      f"expected NotificationRequest or None")
+    try:
+        NotificationType(request.type)
+    except ValueError:
+        return None, f"unknown notification type {request.type!r}"
+    if not isinstance(request.recipient, str):
+        return None, f"recipient must be a string, got {type(request.recipient).__name__}"
+    return request, None
+
+
+def _default_email_or_problem(task: AsyncTask, status: str,
+                              result: TaskResult) -> tuple[NotificationRequest | None, str | None]:
+    try:
+        return default_email(task, status, result), None
+    except Exception as exc:  # a broken template must not lose the task's outcome
+        log.exception("task %s: rendering the default mail failed", task.id)
+        return None, f"rendering the default mail failed: {type(exc).__name__}: {exc}"
+
+
+def _max_attempts() -> int:
+    return int(current_app.config.get("ASYNC_TASK_NOTIFY_MAX_ATTEMPTS", 8))
 
 
 def outbox_row(task_id: int, request: NotificationRequest | None, problem: str | None,
@@ -80,13 +161,21 @@ def outbox_row(task_id: int, request: NotificationRequest | None, problem: str |
                             max_attempts=max_attempts, created_at=now, updated_at=now, next_attempt_at=now)
     problem = problem or recipient_problem(request)
     return Notification(
-        task_id=task_id, type=NotificationType(request.type).value, recipient=request.recipient[:2000],
-        subject=(request.subject or "")[:500], content=request.content or "", html=request.html,
+        task_id=task_id, type=NotificationType(request.type).value,
+        recipient=str(request.recipient)[:MAX_RECIPIENT], subject=clean_subject(request.subject),
+        content=request.content or "", html=request.html,
         status=NotificationStatus.SKIPPED.value if problem else NotificationStatus.PENDING.value,
         last_error=problem, max_attempts=max_attempts, created_at=now, updated_at=now, next_attempt_at=now)
 
 
+def clean_subject(subject: Any) -> str:
+    """One line of at most 500 characters (a newline in a mail header would be refused)."""
+    text = " ".join(str(subject or "").split())
+    return text[:MAX_SUBJECT]
+
+
 def recipient_problem(request: NotificationRequest) -> str | None:
+    """Why this request's recipient cannot be used, or ``None`` when it looks deliverable."""
     if request.type == NotificationType.EMAIL and not is_email_address(request.recipient):
         return f"invalid email recipient {request.recipient!r}"
     if request.type == NotificationType.WEBHOOK:
@@ -98,11 +187,32 @@ def recipient_problem(request: NotificationRequest) -> str | None:
 
 
 def default_email(task: AsyncTask, status: str, result: TaskResult) -> NotificationRequest:
-    """The mail a creator gets when the processor builds none."""
-    outcome = "succeeded" if status == TaskStatus.SUCCESS.value else "failed"
-    base_url = current_app.config.get("ASYNC_TASK_BASE_URL", "").rstrip("/")
-    detail = (f"Result: {result.data}" if result.success else f"Error: {result.message}")
-    content = (f"Your task {task.task_type} #{task.id} {outcome}.\n\n{detail}\n\n"
-               f"Details: {base_url}/tasks/{task.id}\n")
+    """The mail a creator gets when the processor builds none (templates under templates/email/)."""
+    succeeded = status == TaskStatus.SUCCESS.value
+    outcome = "succeeded" if succeeded else "failed"
+    base_url = str(current_app.config.get("ASYNC_TASK_BASE_URL", "")).rstrip("/")
+    context = {
+        "task": task,
+        "status": status,
+        "outcome": outcome,
+        "succeeded": succeeded,
+        "result_text": _result_text(task.result if succeeded else None),
+        "error": None if succeeded else (result.message or task.error or "failed without a message"),
+        "link": f"{base_url}/tasks/{task.id}",
+    }
+    env = current_app.jinja_env
+    # Rendered straight from the environment: no request here, so no context processors.
+    content = env.get_template(f"{DEFAULT_TEMPLATE}.txt").render(**context)
+    html = env.get_template(f"{DEFAULT_TEMPLATE}.html").render(**context)
     return NotificationRequest(NotificationType.EMAIL, task.created_by or "",
-                               subject=f"Task {task.task_type} #{task.id} {outcome}", content=content)
+                               subject=f"Task {task.task_type} #{task.id} {outcome}",
+                               content=content, html=html)
+
+
+def _result_text(data: Any) -> str | None:
+    if data is None:
+        return None
+    text = json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True, default=repr)
+    if len(text) > MAX_RESULT_IN_MAIL:
+        return text[:MAX_RESULT_IN_MAIL] + "\n… (truncated; see the console)"
+    return text

@@ -1,0 +1,157 @@
+"""Reading the notification outbox and the operator's resend: what the console and API call.
+
+No HTTP here; front ends map the errors (``ValidationError``, ``NotificationNotFound``,
+``InvalidTransition``) to their own form, like they do for tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.sql.elements import ColumnElement
+
+from ..extensions import db
+from .delivery import NotificationOutbox, wake_dispatchers_after_commit
+from .errors import InvalidTransition, TaskNotFound, ValidationError
+from .models import Notification, NotificationStatus
+from .processor import NotificationType
+from .service import AsyncTaskService, validate_task_id
+
+
+class NotificationNotFound(TaskNotFound):
+    """No notification has that id (a ``not_found`` error, like a missing task)."""
+
+
+@dataclass(frozen=True)
+class NotificationFilter:
+    """Filters of the notifications page (all optional)."""
+
+    statuses: tuple[str, ...] = ()
+    type: str | None = None
+    task_id: int | None = None
+    recipient: str | None = None
+
+
+@dataclass(frozen=True)
+class NotificationPage:
+    """One keyset page of notifications, newest first; ``next_cursor`` continues below it."""
+
+    items: list[Notification]
+    next_cursor: int | None
+
+
+def validate_notification_status(value: Any) -> str:
+    """One of PENDING, SENT, FAILED, SKIPPED (case-insensitive), or a ValidationError."""
+    try:
+        return NotificationStatus(str(value).upper()).value
+    except ValueError:
+        allowed = ", ".join(s.value for s in NotificationStatus)
+        raise ValidationError(f"unknown notification status {value!r}; expected one of {allowed}",
+                              field="status") from None
+
+
+def validate_notification_type(value: Any) -> str:
+    """EMAIL or WEBHOOK (case-insensitive), or a ValidationError."""
+    try:
+        return NotificationType(str(value).upper()).value
+    except ValueError:
+        allowed = ", ".join(t.value for t in NotificationType)
+        raise ValidationError(f"unknown notification type {value!r}; expected one of {allowed}",
+                              field="type") from None
+
+
+def _filter_clauses(filters: NotificationFilter) -> list[ColumnElement[bool]]:
+    clauses: list[ColumnElement[bool]] = []
+    if filters.statuses:
+        clauses.append(Notification.status.in_([validate_notification_status(s) for s in filters.statuses]))
+    if filters.type:
+        clauses.append(Notification.type == validate_notification_type(filters.type))
+    if filters.task_id is not None:
+        clauses.append(Notification.task_id == validate_task_id(filters.task_id, "task_id"))
+    if filters.recipient:
+        clauses.append(Notification.recipient == filters.recipient)
+    return clauses
+
+
+def list_notifications(filters: NotificationFilter | None = None, limit: int = 50,
+                       cursor: int | None = None) -> NotificationPage:
+    """A keyset page of notifications matching ``filters``, newest first, below ``cursor``."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
+        raise ValidationError("limit must be an integer from 1 to 500", field="limit")
+    query = select(Notification).where(*_filter_clauses(filters or NotificationFilter()))
+    if cursor is not None:
+        query = query.where(Notification.id < validate_task_id(cursor, "cursor"))
+    rows = list(db.session.scalars(query.order_by(Notification.id.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return NotificationPage(rows, rows[-1].id if more and rows else None)
+
+
+def notifications_for_task(task_id: Any) -> list[Notification]:
+    """Every notification of one task, oldest first (for the task page)."""
+    task_id = validate_task_id(task_id, "task_id")
+    return list(db.session.scalars(
+        select(Notification).where(Notification.task_id == task_id).order_by(Notification.id)))
+
+
+def count_notifications_by_status() -> dict[str, int]:
+    """{status: count} over all notifications, every status present."""
+    counts = {status.value: 0 for status in NotificationStatus}
+    query = select(Notification.status, func.count()).group_by(Notification.status)
+    counts.update({status: count for status, count in db.session.execute(query)})
+    return counts
+
+
+def get_notification(notification_id: Any) -> Notification | None:
+    """The notification with that id, or ``None``."""
+    return db.session.get(Notification, validate_task_id(notification_id, "id"))
+
+
+def require_notification(notification_id: Any) -> Notification:
+    """The notification with that id, or ``NotificationNotFound``."""
+    note = get_notification(notification_id)
+    if note is None:
+        raise NotificationNotFound(f"notification {notification_id} does not exist")
+    return note
+
+
+def resend_notification(notification_id: Any, actor: str | None) -> Notification:
+    """FAILED -> PENDING with its attempts reset, audited; any other status is refused.
+
+    The last error stays on the row until the next attempt replaces it, so the operator can
+    still see why it had failed.
+    """
+    notification_id = validate_task_id(notification_id, "id")
+    outbox = NotificationOutbox()
+    outbox.begin_write()
+    changed = db.session.execute(
+        update(Notification)
+        .where(Notification.id == notification_id, Notification.status == NotificationStatus.FAILED.value)
+        .values(status=NotificationStatus.PENDING.value, attempts=0, next_attempt_at=outbox.now(),
+                claim_token=None, claimed_until=None, sent_at=None, updated_at=outbox.now())
+        .returning(Notification.id)
+        .execution_options(synchronize_session=False)
+    ).first()
+    service = AsyncTaskService()
+    if changed is None:
+        db.session.rollback()
+        note = require_notification(notification_id)
+        service.audit(actor, "notification.resend", "notification", notification_id, outcome="refused",
+                      detail={"status": note.status})
+        db.session.commit()
+        raise InvalidTransition(f"cannot resend notification {notification_id}: it is {note.status}; "
+                                f"only FAILED notifications can be resent", current_status=note.status)
+    service.audit(actor, "notification.resend", "notification", notification_id)
+    wake_dispatchers_after_commit(db.session())
+    db.session.commit()
+    return _reloaded(notification_id)
+
+
+def _reloaded(notification_id: int) -> Notification:
+    # populate_existing: the bulk UPDATE above left any copy in the identity map stale.
+    note = db.session.get(Notification, notification_id, populate_existing=True)
+    if note is None:
+        raise NotificationNotFound(f"notification {notification_id} does not exist")
+    return note
