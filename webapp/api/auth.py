@@ -1,0 +1,52 @@
+"""Bearer-token authentication for the JSON API (every call except the OpenAPI document)."""
+
+from __future__ import annotations
+
+from flask import g, request
+
+from ..accounts.tokens import TokenIdentity, verify_token
+from .errors import ApiError
+
+# Endpoints anyone may call: the API's own description, so tools can read it without a secret.
+PUBLIC_ENDPOINTS = frozenset({"api.openapi_document"})
+CHALLENGE = 'Bearer realm="api"'
+
+
+def bearer_token_from_header(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or ``None`` if absent or another scheme."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def require_api_token() -> None:
+    """Before every API call: a valid, unrevoked bearer token, or 401 with a JSON error."""
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return
+    token = bearer_token_from_header(request.headers.get("Authorization"))
+    if token is None:
+        raise ApiError(401, "unauthorized",
+                       "missing bearer token: send 'Authorization: Bearer <token>' "
+                       "(create one with 'flask tokens create NAME')",
+                       headers={"WWW-Authenticate": CHALLENGE})
+    identity = verify_token(token)
+    if identity is None:
+        raise ApiError(401, "invalid_token", "the bearer token is not valid or has been revoked",
+                       headers={"WWW-Authenticate": f'{CHALLENGE}, error="invalid_token"'})
+    g.api_token = identity
+
+
+def current_token() -> TokenIdentity:
+    """The identity of the token that authenticated this request."""
+    identity = g.get("api_token")
+    if identity is None:  # a view outside require_api_token's reach: a programming error
+        raise RuntimeError("API view called without a verified token")
+    return identity
+
+
+def api_actor() -> str:
+    """How API actions appear in the audit log and task timelines."""
+    return f"api:{current_token().name}"

@@ -1,0 +1,141 @@
+"""JSON errors for everything under ``/api``: ``{"error": {"code", "message", "field"?}}``.
+
+Three layers make sure no HTML error page ever leaves ``/api``: a blueprint handler for errors
+raised inside API views, an app-wide handler for routing errors (404, 405) that only answers
+for ``/api`` paths, and an after-request net that converts any non-JSON error response under
+``/api`` that another app-wide handler may have produced.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from ..tasks.errors import InvalidTransition, TaskError, TaskNotFound, ValidationError
+
+log = logging.getLogger(__name__)
+
+# Machine-readable codes for HTTP errors raised by Flask/Werkzeug; others derive from the name.
+HTTP_ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_argument",
+    500: "internal_error",
+}
+HTTP_ERROR_MESSAGES = {
+    404: "no such API endpoint; see /api/openapi.json",
+    405: "method not allowed on this endpoint; see the Allow header",
+    500: "internal server error; the details are in the server log",
+}
+# Headers of an error response that must survive its conversion to JSON (Allow on 405, ...).
+KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
+
+
+class ApiError(Exception):
+    """An error the API answers with directly: HTTP status, stable code, message, optional field."""
+
+    def __init__(self, status: int, code: str, message: str, *, field: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+
+def is_api_path(path: str) -> bool:
+    """Whether a request path belongs to the JSON API."""
+    return path == "/api" or path.startswith("/api/")
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None,
+                   headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    """The one shape of every API error."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    body.update({key: value for key, value in extra.items() if value is not None})
+    response = jsonify(error=body)
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def status_for_task_error(exc: TaskError) -> int:
+    """Engine errors to HTTP: not found 404, refused transition 409, bad input 422."""
+    if isinstance(exc, TaskNotFound):
+        return 404
+    if isinstance(exc, InvalidTransition):
+        return 409
+    if isinstance(exc, ValidationError):
+        return 422
+    return 400
+
+
+def _code_for_http(exc: HTTPException) -> str:
+    status = exc.code or 500
+    if status in HTTP_ERROR_CODES:
+        return HTTP_ERROR_CODES[status]
+    return re.sub(r"[^a-z0-9]+", "_", (exc.name or "error").lower()).strip("_")
+
+
+def _http_error_json(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    message = HTTP_ERROR_MESSAGES.get(status) or exc.description or exc.name or "error"
+    if status == 413:
+        message = "request body is larger than the configured limit (MAX_CONTENT_LENGTH)"
+    headers = {name: value for name, value in exc.get_headers() if name in KEPT_HEADERS}
+    return error_response(status, _code_for_http(exc), message, headers=headers)
+
+
+def handle_api_error(exc: ApiError) -> Response:
+    """An error raised on purpose by an API view or the token check."""
+    return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+
+
+def handle_task_error(exc: TaskError) -> Response:
+    """An engine error raised inside an API view."""
+    current = exc.current_status if isinstance(exc, InvalidTransition) else None
+    return error_response(status_for_task_error(exc), exc.code, exc.message, exc.field,
+                          current_status=current)
+
+
+def handle_http_exception(exc: HTTPException) -> Any:
+    """JSON for HTTP errors under /api; any other path keeps Flask's default response."""
+    if not is_api_path(request.path):
+        return exc
+    if (exc.code or 500) >= 500:
+        log.error("API %s %s failed: %s", request.method, request.path, exc)
+    return _http_error_json(exc)
+
+
+def json_error_safety_net(response: Response) -> Response:
+    """Turn a non-JSON error response under /api (from some other handler) into the JSON shape."""
+    if response.status_code < 400 or not is_api_path(request.path) or response.is_json:
+        return response
+    status = response.status_code
+    code = HTTP_ERROR_CODES.get(status, "error")
+    message = HTTP_ERROR_MESSAGES.get(status) or response.status.partition(" ")[2] or "error"
+    headers = {name: response.headers[name] for name in KEPT_HEADERS if name in response.headers}
+    return error_response(status, code, message, headers=headers)
+
+
+def register_error_handlers(bp: Blueprint) -> None:
+    """Attach every layer described in the module docstring to the API blueprint."""
+    bp.register_error_handler(ApiError, handle_api_error)
+    bp.register_error_handler(TaskError, handle_task_error)
+    bp.register_error_handler(HTTPException, handle_http_exception)
+    bp.app_errorhandler(HTTPException)(handle_http_exception)
+    bp.after_app_request(json_error_safety_net)

@@ -1,0 +1,374 @@
+"""The OpenAPI 3.1 document of the JSON API, built from the live processor registry.
+
+Each registered task type gets its own submission schema, with the payload described from the
+processor's ``payload_type`` dataclass when it has one, so clients and fuzzers see exactly what
+``AsyncTaskService`` will accept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+from ..tasks.models import TaskStatus
+from ..tasks.processor import RetryStrategy
+from ..tasks.registry import ProcessorRegistry
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+MAX_TASK_ID = 2**63 - 1
+JSON = "application/json"
+
+DESCRIPTION = """\
+Submit, inspect, cancel and retry background tasks.
+
+**Authentication.** Every call needs `Authorization: Bearer <token>`; create a token with
+`flask tokens create NAME` (it is printed once; only its SHA-256 is stored) and revoke it with
+`flask tokens revoke NAME`. A missing, unknown or revoked token gets 401. This document itself
+(`GET /api/openapi.json`) is public, so tools can read it without a secret; it holds none.
+
+**Errors** are always JSON: `{"error": {"code": "...", "message": "...", "field": "..."}}`
+(`field` names the offending input when there is one). Malformed JSON 400, bad token 401,
+unknown task or path 404, wrong method 405, refused state change 409, body over the size
+limit 413, missing or invalid field, unknown task type or JSON nested deeper than 64 levels 422.
+
+**Idempotency.** A submission carrying an `idempotency_key` already used by the same token
+returns the existing task with 200 instead of creating a second one (202).
+
+**Pagination.** `GET /api/tasks` returns tasks newest first with an opaque `next_cursor`;
+pass it back as `cursor` for the next page, until it is null.
+"""
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {**schema, "type": [kind, "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+# -- payload schemas from dataclasses ----------------------------------------------------------
+
+_SIMPLE = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object", list: "array"}
+
+
+def annotation_schema(annotation: Any, seen: frozenset[type] = frozenset()) -> dict[str, Any]:
+    """JSON Schema for a dataclass field annotation, matching what the registry accepts."""
+    if annotation is Any or annotation is object:
+        return {}
+    if annotation is type(None):
+        return {"type": "null"}
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return {"anyOf": [annotation_schema(arg, seen) for arg in args]}
+    if origin is typing.Literal:
+        return {"enum": list(args)}
+    if origin in (list, tuple, set, frozenset):
+        return {"type": "array", **({"items": annotation_schema(args[0], seen)} if args else {})}
+    if origin is dict:
+        return {"type": "object",
+                **({"additionalProperties": annotation_schema(args[1], seen)} if len(args) == 2 else {})}
+    if annotation in _SIMPLE:
+        return {"type": _SIMPLE[annotation]}
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        return dataclass_schema(annotation, seen)
+    return {}  # types the registry cannot check from JSON are left to the processor
+
+
+def dataclass_schema(payload_type: type, seen: frozenset[type] = frozenset()) -> dict[str, Any]:
+    """An object schema for a payload dataclass: its init fields, the ones without defaults required."""
+    if payload_type in seen:  # a recursive type: describe the inner level loosely
+        return {"type": "object"}
+    seen = seen | {payload_type}
+    hints = typing.get_type_hints(payload_type)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for spec in dataclasses.fields(payload_type):
+        if not spec.init:
+            continue
+        properties[spec.name] = annotation_schema(hints.get(spec.name, Any), seen)
+        if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+            required.append(spec.name)
+    schema: dict[str, Any] = {"type": "object", "title": payload_type.__name__, "properties": properties,
+                              "additionalProperties": False}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def payload_schema(payload_type: type | None) -> dict[str, Any]:
+    """The payload of one task type: its dataclass (or pydantic model), else any JSON object."""
+    if payload_type is None:
+        return {"type": "object", "description": "Any JSON object; the processor declares no payload type."}
+    if dataclasses.is_dataclass(payload_type):
+        return dataclass_schema(payload_type)
+    model_schema = getattr(payload_type, "model_json_schema", None)
+    if callable(model_schema):
+        try:
+            return dict(model_schema())
+        except Exception:  # a model that cannot describe itself still accepts JSON objects
+            pass
+    return {"type": "object"}
+
+
+# -- request and response schemas ------------------------------------------------------------
+
+def _common_submission_properties() -> dict[str, Any]:
+    return {
+        "priority": {"type": ["integer", "null"], "minimum": INT32_MIN, "maximum": INT32_MAX,
+                     "description": "Larger runs first; default from the processor, else 0."},
+        "created_by": {"type": ["string", "null"], "maxLength": 255,
+                       "description": "Creator; an email address gets a notification. "
+                                      "Default: the token's name."},
+        "run_at": {"type": ["string", "null"], "format": "date-time",
+                   "description": "Run no earlier than this time (ISO-8601 with a zone)."},
+        "notify_url": {"type": ["string", "null"], "format": "uri", "maxLength": 2000,
+                       "description": "http(s) URL that receives a signed POST when the task finishes."},
+    }
+
+
+def submission_variants(registry: ProcessorRegistry, with_idempotency: bool) -> list[dict[str, Any]]:
+    """One object schema per registered task type (a generic one when none is registered)."""
+    common = _common_submission_properties()
+    if with_idempotency:
+        common["idempotency_key"] = {
+            "type": ["string", "null"], "minLength": 1, "maxLength": 200,
+            "description": "Same key from the same token: the existing task is returned (200)."}
+    processors = list(registry)
+    if not processors:
+        return [{"type": "object", "required": ["task_type", "payload"], "additionalProperties": False,
+                 "properties": {"task_type": {"type": "string", "minLength": 1, "maxLength": 100},
+                                "payload": {"type": "object"}, **common}}]
+    variants = []
+    for processor in processors:
+        task_type = processor.get_task_type()
+        variants.append({
+            "type": "object",
+            "title": task_type,
+            "required": ["task_type", "payload"],
+            "additionalProperties": False,
+            "properties": {"task_type": {"const": task_type},
+                           "payload": payload_schema(processor.payload_type), **common},
+        })
+    return variants
+
+
+def task_schema() -> dict[str, Any]:
+    """The task as ``task_to_dict`` renders it: every column of the spec, times in UTC ISO-8601."""
+    time = {"type": "string", "format": "date-time"}
+    optional_time = _nullable(time)
+    return {
+        "type": "object",
+        "required": ["id", "task_type", "status", "priority", "payload", "result", "retry_count",
+                     "max_retry_count", "retry_strategy", "retry_interval", "created_by", "created_at",
+                     "updated_at", "started_at", "finished_at", "next_run_at", "error"],
+        "properties": {
+            "id": {"type": "integer", "minimum": 1},
+            "task_type": {"type": "string"},
+            "status": {"type": "string", "enum": [s.value for s in TaskStatus]},
+            "priority": {"type": "integer"},
+            "payload": {"type": "object"},
+            "result": {"description": "The processor's result data (any JSON), or null."},
+            "retry_count": {"type": "integer", "minimum": 0},
+            "max_retry_count": {"type": "integer", "minimum": 0},
+            "retry_strategy": {"type": "string", "enum": [s.value for s in RetryStrategy]},
+            "retry_interval": {"type": "number"},
+            "created_by": {"type": ["string", "null"]},
+            "created_at": time,
+            "updated_at": time,
+            "started_at": optional_time,
+            "finished_at": optional_time,
+            "next_run_at": time,
+            "error": {"type": ["string", "null"]},
+            "attempts": {"type": "integer", "minimum": 0},
+            "recovery_count": {"type": "integer", "minimum": 0},
+            "worker_id": {"type": ["string", "null"]},
+            "idempotency_key": {"type": ["string", "null"]},
+            "notify_url": {"type": ["string", "null"]},
+            "parent_id": {"type": ["integer", "null"]},
+            "progress": {"type": ["number", "null"]},
+            "progress_message": {"type": ["string", "null"]},
+            "cancel_requested_at": optional_time,
+        },
+    }
+
+
+def error_schema() -> dict[str, Any]:
+    """The one error shape of the API."""
+    return {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string", "description": "Stable machine-readable name."},
+                "message": {"type": "string", "description": "What went wrong, for people."},
+                "field": {"type": "string", "description": "The offending input, when there is one."},
+                "current_status": {"type": "string", "description": "On 409: the task's status."},
+            },
+        }},
+    }
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": _ref("Error")}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    texts = {
+        400: "Malformed JSON.",
+        401: "Missing, unknown or revoked bearer token.",
+        404: "No such task.",
+        409: "The task's status does not allow this change.",
+        413: "Request body over the configured size limit.",
+        422: "Missing or invalid field (named in `error.field`), or unknown task type.",
+    }
+    return {str(status): _error(texts[status]) for status in statuses}
+
+
+def _task_reply(description: str, location: bool = False) -> dict[str, Any]:
+    reply: dict[str, Any] = {"description": description, "content": {JSON: {"schema": _ref("Task")}}}
+    if location:
+        reply["headers"] = {"Location": {"description": "URL of the task.", "required": True,
+                                         "schema": {"type": "string"}}}
+    return reply
+
+
+def _task_id_parameter() -> dict[str, Any]:
+    return {"name": "task_id", "in": "path", "required": True,
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TASK_ID}}
+
+
+def _list_parameters() -> list[dict[str, Any]]:
+    return [
+        {"name": "task_type", "in": "query", "schema": {"type": "string"}, "description": "Only this type."},
+        {"name": "status", "in": "query", "style": "form", "explode": True,
+         "description": "Only these statuses (repeat the parameter for several).",
+         "schema": {"type": "array", "items": {"type": "string", "enum": [s.value for s in TaskStatus]}}},
+        {"name": "created_by", "in": "query", "schema": {"type": "string"}, "description": "Only this creator."},
+        {"name": "created_after", "in": "query", "schema": {"type": "string", "format": "date-time"},
+         "description": "Created at or after this time (ISO-8601 with a zone)."},
+        {"name": "created_before", "in": "query", "schema": {"type": "string", "format": "date-time"},
+         "description": "Created before this time (ISO-8601 with a zone)."},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+        {"name": "cursor", "in": "query", "description": "The `next_cursor` of the previous page.",
+         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"}},
+    ]
+
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {JSON: {"schema": schema}}}
+
+
+def build_openapi(registry: ProcessorRegistry, max_body_bytes: int | None = None) -> dict[str, Any]:
+    """The whole document; task types and payload schemas come from ``registry``."""
+    limit = f" Bodies over {max_body_bytes} bytes get 413." if max_body_bytes else ""
+    submission = {"oneOf": submission_variants(registry, with_idempotency=True)}
+    batch_item = {"oneOf": submission_variants(registry, with_idempotency=False)}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Task API", "version": "1", "description": DESCRIPTION},
+        "servers": [{"url": "/"}],
+        "security": [{"bearerAuth": []}],
+        "paths": {
+            "/api/tasks": {
+                "post": {
+                    "operationId": "submitTask",
+                    "summary": "Queue a task",
+                    "description": "Validated at once: nothing is written when anything is invalid." + limit,
+                    "requestBody": _json_body(_ref("TaskSubmission")),
+                    "responses": {
+                        "202": _task_reply("Queued (status PENDING).", location=True),
+                        "200": _task_reply("Idempotent repeat: the task first created with this key.",
+                                           location=True),
+                        **_errors(400, 401, 413, 422),
+                    },
+                },
+                "get": {
+                    "operationId": "listTasks",
+                    "summary": "List tasks, newest first (keyset pages)",
+                    "parameters": _list_parameters(),
+                    "responses": {
+                        "200": {"description": "One page.",
+                                "content": {JSON: {"schema": _ref("TaskPage")}}},
+                        **_errors(401, 422),
+                    },
+                },
+            },
+            "/api/tasks/batch": {
+                "post": {
+                    "operationId": "submitTaskBatch",
+                    "summary": "Queue up to 1000 tasks at once (all or nothing)",
+                    "description": "If any item is invalid, none is queued; `error.field` names it, "
+                                   "e.g. `tasks[3].payload.amount`." + limit,
+                    "requestBody": _json_body(_ref("TaskBatchSubmission")),
+                    "responses": {
+                        "202": {"description": "All queued, in the order given.",
+                                "content": {JSON: {"schema": _ref("TaskBatch")}}},
+                        **_errors(400, 401, 413, 422),
+                    },
+                },
+            },
+            "/api/tasks/{task_id}": {
+                "get": {
+                    "operationId": "getTask",
+                    "summary": "One task",
+                    "parameters": [_task_id_parameter()],
+                    "responses": {"200": _task_reply("The task."), **_errors(401, 404)},
+                },
+            },
+            "/api/tasks/{task_id}/cancel": {
+                "post": {
+                    "operationId": "cancelTask",
+                    "summary": "Cancel a PENDING or RETRYING task",
+                    "parameters": [_task_id_parameter()],
+                    "responses": {"200": _task_reply("Cancelled."), **_errors(401, 404, 409)},
+                },
+            },
+            "/api/tasks/{task_id}/retry": {
+                "post": {
+                    "operationId": "retryTask",
+                    "summary": "Send a FAILURE task back to PENDING (retry count reset)",
+                    "parameters": [_task_id_parameter()],
+                    "responses": {"200": _task_reply("Queued again."), **_errors(401, 404, 409)},
+                },
+            },
+            "/api/openapi.json": {
+                "get": {
+                    "operationId": "getOpenApiDocument",
+                    "summary": "This document (no token needed)",
+                    "security": [],
+                    "responses": {"200": {"description": "The OpenAPI 3.1 document.",
+                                          "content": {JSON: {"schema": {"type": "object"}}}}},
+                },
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                               "description": "A token from `flask tokens create NAME`."}},
+            "schemas": {
+                "Task": task_schema(),
+                "TaskPage": {"type": "object", "required": ["items", "next_cursor"], "properties": {
+                    "items": {"type": "array", "items": _ref("Task")},
+                    "next_cursor": {"type": ["string", "null"],
+                                    "description": "Pass as `cursor` for the next page; null on the last."},
+                }},
+                "TaskSubmission": submission,
+                "TaskBatchSubmission": {
+                    "type": "object", "required": ["tasks"], "additionalProperties": False,
+                    "properties": {"tasks": {"type": "array", "minItems": 1, "maxItems": 1000,
+                                             "items": batch_item}},
+                },
+                "TaskBatch": {"type": "object", "required": ["items"], "properties": {
+                    "items": {"type": "array", "items": _ref("Task")}}},
+                "Error": error_schema(),
+            },
+        },
+    }

@@ -1,0 +1,110 @@
+"""JSON endpoints for applications: a thin layer over ``AsyncTaskService``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, current_app, jsonify, request, url_for
+
+from ..tasks.errors import TaskNotFound, ValidationError
+from ..tasks.models import AsyncTask
+from ..tasks.serialize import task_to_dict
+from ..tasks.service import AsyncTaskService
+from . import bp
+from .auth import api_actor, current_token
+from .openapi import build_openapi
+from .parsing import check_fields, encode_cursor, parse_list_query, read_json_object
+
+MAX_TASK_ID = 2**63 - 1
+MAX_BATCH_SIZE = 1000
+SUBMIT_FIELDS = ("task_type", "payload", "priority", "created_by", "run_at", "idempotency_key",
+                 "notify_url")
+REQUIRED_FIELDS = ("task_type", "payload")
+
+
+def _task_response(task: AsyncTask, status: int) -> Response:
+    response = jsonify(task_to_dict(task))
+    response.status_code = status
+    return response
+
+
+def _existing_task_id(task_id: int) -> int:
+    """Ids past the database's range cannot exist: 404, like any other missing task."""
+    if not 1 <= task_id <= MAX_TASK_ID:
+        raise TaskNotFound(f"task {task_id} does not exist")
+    return task_id
+
+
+def _creator(value: Any) -> Any:
+    """``created_by`` as given, or the token's name when the caller left it out."""
+    return current_token().name if value is None or value == "" else value
+
+
+@bp.post("/tasks")
+def submit_task() -> Response:
+    """Queue a task: 202 with the task and its Location; an idempotent repeat answers 200."""
+    body = read_json_object()
+    check_fields(body, SUBMIT_FIELDS, REQUIRED_FIELDS)
+    outcome = AsyncTaskService().submit(
+        body["task_type"], body["payload"], body.get("priority"), _creator(body.get("created_by")),
+        body.get("run_at"), idempotency_key=body.get("idempotency_key"),
+        idempotency_scope=current_token().name, notify_url=body.get("notify_url"),
+    )
+    response = _task_response(outcome.task, 202 if outcome.created else 200)
+    response.headers["Location"] = url_for("api.get_task", task_id=outcome.task.id)
+    return response
+
+
+@bp.post("/tasks/batch")
+def submit_task_batch() -> Response:
+    """Queue up to 1000 tasks at once; if any item is invalid, none is queued (422 naming it)."""
+    body = read_json_object()
+    check_fields(body, ("tasks",), ("tasks",))
+    items = body["tasks"]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH_SIZE:
+        raise ValidationError(f"tasks must be an array of 1 to {MAX_BATCH_SIZE} task objects", field="tasks")
+    prepared = [
+        {**item, "created_by": _creator(item.get("created_by"))} if isinstance(item, dict) else item
+        for item in items
+    ]
+    tasks = AsyncTaskService().submit_many(prepared, idempotency_scope=current_token().name)
+    response = jsonify(items=[task_to_dict(task) for task in tasks])
+    response.status_code = 202
+    return response
+
+
+@bp.get("/tasks")
+def list_tasks() -> Response:
+    """Tasks matching the filters, newest first, one keyset page at a time."""
+    filters, limit, cursor = parse_list_query(request.args)
+    page = AsyncTaskService().list_tasks(filters, limit, cursor)
+    return jsonify(items=[task_to_dict(task) for task in page.items],
+                   next_cursor=encode_cursor(page.next_cursor))
+
+
+@bp.get("/tasks/<int:task_id>")
+def get_task(task_id: int) -> Response:
+    """One task: 200 with its JSON, or 404."""
+    task = AsyncTaskService().require_task(_existing_task_id(task_id))
+    return _task_response(task, 200)
+
+
+@bp.post("/tasks/<int:task_id>/cancel")
+def cancel_task(task_id: int) -> Response:
+    """Cancel a PENDING or RETRYING task: 200, 404, or 409 for any other status."""
+    task = AsyncTaskService().cancel_task(_existing_task_id(task_id), actor=api_actor())
+    return _task_response(task, 200)
+
+
+@bp.post("/tasks/<int:task_id>/retry")
+def retry_task(task_id: int) -> Response:
+    """Send a FAILURE task back to PENDING: 200, 404, or 409 for any other status."""
+    task = AsyncTaskService().retry_task(_existing_task_id(task_id), actor=api_actor())
+    return _task_response(task, 200)
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> Response:
+    """The OpenAPI 3.1 description of this API (public: it holds no secrets)."""
+    registry = current_app.extensions["async_task"].registry
+    return jsonify(build_openapi(registry, max_body_bytes=current_app.config.get("MAX_CONTENT_LENGTH")))
