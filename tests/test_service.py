@@ -20,6 +20,7 @@ from webapp.tasks import (
     ValidationError,
 )
 from webapp.tasks.models import AsyncTask, TaskEvent, Worker
+from webapp.tasks.service import TaskFilter
 
 WORKER = "test-worker"
 
@@ -506,3 +507,29 @@ def test_edit_and_retry_creates_a_linked_task(app_ctx):
     original = service.get_task(task.id)
     assert (original.status, original.payload["amount"]) == ("FAILURE", 1)
     assert kinds(service, task.id)[-1] == "RESUBMITTED"
+
+
+def test_search_finds_error_text_payload_text_and_ids(app_ctx):
+    service = AsyncTaskService()
+    order = service.submit_task("ORDER", {"customer": "Acme 100%_corp", "amount": 3})
+    other = service.submit_task("NOOP", {"note": "nothing here"})
+    failing = service.submit_task("FATAL", {})
+    claimed = claim_one(service)  # ORDER has priority 0 like the others: the oldest first
+    assert claimed.id == order.id
+    service.finish_task(claimed, TaskResult.success())
+    service.claim_due_tasks(WORKER, 5)
+    db.session.execute(update(AsyncTask).where(AsyncTask.id == failing.id)
+                       .values(error="Connection reset by peer"))
+    db.session.commit()
+
+    def found(text):
+        return {t.id for t in service.list_tasks(TaskFilter(search=text)).items}
+
+    assert found("acme") == {order.id}
+    assert found("100%_c") == {order.id}  # LIKE wildcards are matched literally
+    assert found("%") == {order.id}
+    assert found("reset by") == {failing.id}
+    assert found(str(other.id)) >= {other.id}
+    assert found("no such text anywhere") == set()
+    with pytest.raises(ValidationError):
+        found("x" * 201)

@@ -300,11 +300,6 @@ class Consumer:
                 self.failed += 1
             log.debug("task %s (%s) attempt %s -> %s", task.id, task.task_type, task.attempt,
                       outcome.status or "lease lost, result discarded")
-        notifier = getattr(self, "notifier", None)
-        if notifier is not None and any(o.status in ("SUCCESS", "FAILURE") for o in outcomes):
-            wake = getattr(notifier, "wake", None)
-            if wake is not None:
-                wake()
 
     def _finish_loop(self) -> None:
         """Write queued outcomes: everything that queued up while the last batch committed."""

@@ -25,7 +25,9 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import (
     Interval,
+    Text,
     and_,
+    cast,
     delete,
     exists,
     func,
@@ -191,6 +193,7 @@ class TaskFilter:
     priority_min: int | None = None
     priority_max: int | None = None
     task_id: int | None = None
+    search: str | None = None  # id, or text found in the error or the payload
 
 
 @dataclass(frozen=True)
@@ -565,7 +568,20 @@ class AsyncTaskService:
             clauses.append(AsyncTask.priority <= filters.priority_max)
         if filters.task_id is not None:
             clauses.append(AsyncTask.id == filters.task_id)
+        if filters.search:
+            clauses.append(self._search_clause(filters.search))
         return clauses
+
+    def _search_clause(self, search: str) -> ColumnElement[bool]:
+        """Text in the error or the payload (trigram-indexed on PostgreSQL), or the task's id."""
+        if len(search) > 200:
+            raise ValidationError("search must be at most 200 characters", field="search")
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        payload_text = cast(AsyncTask.payload, Text)
+        matches = or_(AsyncTask.error.ilike(pattern, escape="\\"), payload_text.ilike(pattern, escape="\\"))
+        if search.strip().isdigit() and len(search.strip()) < 19:
+            matches = or_(matches, AsyncTask.id == int(search.strip()))
+        return matches
 
     def list_tasks(self, filters: TaskFilter | None = None, limit: int = 50,
                    cursor: int | None = None) -> TaskPage:
