@@ -426,6 +426,11 @@ class AsyncTaskService:
         priority = self._validated_priority(processor, typed, priority)
         if created_by is not None and (not isinstance(created_by, str) or len(created_by) > 255):
             raise ValidationError("created_by must be a string of at most 255 characters", field="created_by")
+        for name, value in (("created_by", created_by), ("idempotency_key", idempotency_key),
+                            ("notify_url", notify_url)):
+            problem = _unstorable_text(value) if isinstance(value, str) else None
+            if problem:
+                raise ValidationError(f"{name} {problem}", field=name)
         now = utcnow()
         next_run_at = now
         if run_at is not None:
@@ -492,6 +497,9 @@ class AsyncTaskService:
             raise InvalidPayload(f"payload is not JSON-serialisable: {exc}", field="payload") from None
         if any(not isinstance(key, str) for key in data):
             raise InvalidPayload("payload keys must be strings", field="payload")
+        problem = _unstorable_text(data)
+        if problem:
+            raise InvalidPayload(f"payload {problem}", field="payload")
         data = json.loads(encoded)  # a plain JSON copy: what is stored is what the worker gets
         typed = payload_from_json(payload_type, data) if payload_type is not None else data
         return data, typed
@@ -1210,6 +1218,26 @@ def parse_time(value: Any, field: str) -> datetime:
     except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 is past datetime.max in UTC
         raise ValidationError(f"{field} is out of the supported range (years 1 to 9999 in UTC)",
                               field=field) from None
+
+
+def _unstorable_text(value: Any) -> str | None:
+    """Why a JSON value holds text no database here can store (NUL, lone surrogates), or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "must not contain NUL (\\u0000) characters"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "contains invalid Unicode (a lone surrogate)"
+    return None
 
 
 def _clip(text: str) -> str:
