@@ -257,6 +257,8 @@ def _list_parameters() -> list[dict[str, Any]]:
          "description": "Created at or after this time (ISO-8601 with a zone)."},
         {"name": "created_before", "in": "query", "schema": {"type": "string", "format": "date-time"},
          "description": "Created before this time (ISO-8601 with a zone)."},
+        {"name": "search", "in": "query", "schema": {"type": "string", "maxLength": 200},
+         "description": "Text found in the error or the payload, or a task id."},
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
         {"name": "cursor", "in": "query", "description": "The `next_cursor` of the previous page.",
          "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"}},
@@ -327,9 +329,15 @@ def build_openapi(registry: ProcessorRegistry, max_body_bytes: int | None = None
             "/api/tasks/{task_id}/cancel": {
                 "post": {
                     "operationId": "cancelTask",
-                    "summary": "Cancel a PENDING or RETRYING task",
+                    "summary": "Cancel a task (a running one is asked to stop)",
+                    "description": "PENDING or RETRYING: CANCELLED at once (200). PROCESSING: the "
+                                   "cancel is requested (202, `cancel_requested_at` set); the processor "
+                                   "stops at its next progress report or check, or finishes normally "
+                                   "and the request is recorded as too late.",
                     "parameters": [_task_id_parameter()],
-                    "responses": {"200": _task_reply("Cancelled."), **_errors(401, 404, 409)},
+                    "responses": {"200": _task_reply("Cancelled."),
+                                  "202": _task_reply("Running: cancel requested."),
+                                  **_errors(401, 404, 409)},
                 },
             },
             "/api/tasks/{task_id}/retry": {
@@ -338,6 +346,29 @@ def build_openapi(registry: ProcessorRegistry, max_body_bytes: int | None = None
                     "summary": "Send a FAILURE task back to PENDING (retry count reset)",
                     "parameters": [_task_id_parameter()],
                     "responses": {"200": _task_reply("Queued again."), **_errors(401, 404, 409)},
+                },
+            },
+            "/api/tasks/{task_id}/resubmit": {
+                "post": {
+                    "operationId": "resubmitTask",
+                    "summary": "Edit and retry: queue a new task with a new payload, linked to this one",
+                    "description": "Only for FAILURE or CANCELLED tasks; the original is not changed. "
+                                   "The new task's `parent_id` is this task's id.",
+                    "parameters": [_task_id_parameter()],
+                    "requestBody": _json_body({"type": "object", "required": ["payload"],
+                                               "additionalProperties": False,
+                                               "properties": {"payload": {"type": "object"}}}),
+                    "responses": {"202": _task_reply("The new task (PENDING).", location=True),
+                                  **_errors(400, 401, 404, 409, 413, 422)},
+                },
+            },
+            "/api/task-types": {
+                "get": {
+                    "operationId": "listTaskTypes",
+                    "summary": "Registered task types: retry policy, paused or not, counts per status",
+                    "responses": {"200": {"description": "Every registered type.",
+                                          "content": {JSON: {"schema": _ref("TaskTypeList")}}},
+                                  **_errors(401)},
                 },
             },
             "/api/openapi.json": {
@@ -368,6 +399,17 @@ def build_openapi(registry: ProcessorRegistry, max_body_bytes: int | None = None
                 },
                 "TaskBatch": {"type": "object", "required": ["items"], "properties": {
                     "items": {"type": "array", "items": _ref("Task")}}},
+                "TaskTypeList": {"type": "object", "required": ["items"], "properties": {
+                    "items": {"type": "array", "items": {
+                        "type": "object",
+                        "required": ["task_type", "paused", "retry", "counts"],
+                        "properties": {
+                            "task_type": {"type": "string"},
+                            "paused": {"type": "boolean"},
+                            "retry": {"type": "object"},
+                            "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+                        },
+                    }}}},
                 "Error": error_schema(),
             },
         },

@@ -162,6 +162,7 @@ def parse_list_query(args: MultiDict[str, str]) -> tuple[TaskFilter, int, int | 
     statuses = tuple(validate_status(check_text(value, "status")) for value in args.getlist("status"))
     task_type = _single(args, "task_type") or None
     created_by = _single(args, "created_by") or None
+    search = _single(args, "search") or None
     after = _single(args, "created_after")
     before = _single(args, "created_before")
     limit_text = _single(args, "limit")
@@ -178,6 +179,7 @@ def parse_list_query(args: MultiDict[str, str]) -> tuple[TaskFilter, int, int | 
         created_by=created_by,
         created_after=parse_time(after, "created_after") if after is not None else None,
         created_before=parse_time(before, "created_before") if before is not None else None,
+        search=search,
     )
     cursor = decode_cursor(cursor_text) if cursor_text is not None else None
     return filters, limit, cursor

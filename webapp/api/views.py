@@ -91,9 +91,9 @@ def get_task(task_id: int) -> Response:
 
 @bp.post("/tasks/<int:task_id>/cancel")
 def cancel_task(task_id: int) -> Response:
-    """Cancel a PENDING or RETRYING task: 200, 404, or 409 for any other status."""
+    """Cancel a task: 200 when PENDING/RETRYING (now CANCELLED), 202 when PROCESSING (requested)."""
     task = AsyncTaskService().cancel_task(_existing_task_id(task_id), actor=api_actor())
-    return _task_response(task, 200)
+    return _task_response(task, 202 if task.status == "PROCESSING" else 200)
 
 
 @bp.post("/tasks/<int:task_id>/retry")
@@ -101,6 +101,23 @@ def retry_task(task_id: int) -> Response:
     """Send a FAILURE task back to PENDING: 200, 404, or 409 for any other status."""
     task = AsyncTaskService().retry_task(_existing_task_id(task_id), actor=api_actor())
     return _task_response(task, 200)
+
+
+@bp.post("/tasks/<int:task_id>/resubmit")
+def resubmit_task(task_id: int) -> Response:
+    """Edit and retry: a new task with the given payload, linked to a FAILURE or CANCELLED one."""
+    body = read_json_object()
+    check_fields(body, ("payload",), ("payload",))
+    task = AsyncTaskService().resubmit_task(_existing_task_id(task_id), body["payload"], actor=api_actor())
+    response = _task_response(task, 202)
+    response.headers["Location"] = url_for("api.get_task", task_id=task.id)
+    return response
+
+
+@bp.get("/task-types")
+def list_task_types() -> Response:
+    """Registered task types with their retry policy, pause state and counts per status."""
+    return jsonify(items=AsyncTaskService().task_type_overview())
 
 
 @bp.get("/openapi.json")

@@ -1162,6 +1162,29 @@ class AsyncTaskService:
             log.warning("recovered %d orphaned task(s): %s", len(recovered), recovered)
         return recovered
 
+    def task_type_overview(self) -> list[dict[str, Any]]:
+        """Every registered task type with its retry policy, pause state and counts per status."""
+        counts: dict[str, dict[str, int]] = {}
+        for task_type, status, count in self.session.execute(
+                select(AsyncTask.task_type, AsyncTask.status, func.count())
+                .group_by(AsyncTask.task_type, AsyncTask.status)):
+            counts.setdefault(task_type, {})[status] = count
+        paused = set(self.paused_task_types())
+        overview = []
+        for processor in self.registry:
+            task_type = processor.get_task_type()
+            config = processor.get_retry_config()
+            per_status = {status.value: counts.get(task_type, {}).get(status.value, 0) for status in TaskStatus}
+            overview.append({
+                "task_type": task_type,
+                "paused": task_type in paused or ALL_TYPES in paused,
+                "retry": {"max_retry_count": config.max_retry_count, "strategy": config.strategy.value,
+                          "base_interval": config.base_interval, "max_delay": config.max_delay,
+                          "jitter": config.jitter},
+                "counts": per_status,
+            })
+        return overview
+
     def workers(self, include_stopped: bool = False) -> list[Worker]:
         query = select(Worker).order_by(Worker.started_at.desc())
         if not include_stopped:
