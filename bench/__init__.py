@@ -1,0 +1,1 @@
+"""Benchmark suite: ``python -m bench.run [--quick] [--only NAME ...]`` (see docs/benchmarks.md)."""
