@@ -62,6 +62,6 @@ def test_schemathesis_finds_no_server_error(app: Flask, live_api: str, backend: 
         pytest.fail(f"schemathesis did not finish within {RUN_TIMEOUT}s:\n{exc.stdout or ''}")
     report = run.stdout + run.stderr
     assert run.returncode == 0, report
-    assert "Operations:       6 selected / 6 total" in report, report
+    assert "Operations:       8 selected / 8 total" in report, report
     generated = re.search(r"(\d+) generated", report)
     assert generated is not None and int(generated.group(1)) > 100, report
