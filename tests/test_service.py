@@ -536,3 +536,39 @@ def test_search_finds_error_text_payload_text_and_ids(app_ctx):
     assert found("no such text anywhere") == set()
     with pytest.raises(ValidationError):
         found("x" * 201)
+
+
+def test_purge_deletes_only_old_finished_tasks_with_their_history(app_ctx):
+    from webapp.tasks.models import Notification
+
+    service = AsyncTaskService()
+    old_done = service.submit_task("NOOP", {}, created_by="a@example.com").id
+    claimed = claim_one(service)
+    service.finish_task(claimed, TaskResult.success())
+    old_cancelled = service.cancel_task(service.submit_task("NOOP", {}).id).id
+    waiting = service.submit_task("NOOP", {}).id
+    assert db.session.scalar(select(func.count()).select_from(Notification)) == 1
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    with pytest.raises(ValidationError, match="only finished tasks"):
+        service.purge_finished(later, ["PENDING"])
+    assert service.purge_finished(datetime.now(UTC) - timedelta(days=1)) == 0
+    assert service.purge_finished(later, ["CANCELLED"], batch_size=1, actor="ops") == 1
+    db.session.expunge_all()
+    assert service.get_task(old_cancelled) is None
+    assert service.purge_finished(later.isoformat(), batch_size=1) == 1
+    assert service.get_task(old_done) is None
+    assert service.get_task(waiting).status == "PENDING"
+    assert service.events_for(old_done) == []
+    assert db.session.scalar(select(func.count()).select_from(Notification)) == 0
+
+
+def test_purge_cli(app):
+    with app.app_context():
+        service = AsyncTaskService()
+        service.cancel_task(service.submit_task("NOOP", {}).id)
+    runner = app.test_cli_runner()
+    later = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    result = runner.invoke(args=["tasks", "purge", "--finished-before", later, "--status", "cancelled"])
+    assert result.exit_code == 0 and "purged 1 task(s)" in result.output
+    bad = runner.invoke(args=["tasks", "purge", "--finished-before", "yesterday"])
+    assert bad.exit_code == 1 and "finished_before must be an ISO-8601 time" in bad.output

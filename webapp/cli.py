@@ -141,6 +141,23 @@ def retry_command(task_id: str) -> None:
     click.echo(f"task {task.id} {task.status}")
 
 
+@tasks_cli.command("purge")
+@click.option("--finished-before", required=True, help="ISO-8601 time with a zone, e.g. 2026-01-01T00:00:00Z.")
+@click.option("--status", "statuses", multiple=True,
+              help="SUCCESS, FAILURE or CANCELLED (repeatable; default all three).")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+def purge_command(finished_before: str, statuses: tuple[str, ...], batch_size: int) -> None:
+    """Delete finished tasks older than a time, with their history, in batches."""
+    from .tasks.models import TERMINAL_STATUSES
+
+    try:
+        deleted = AsyncTaskService().purge_finished(
+            finished_before, [s.upper() for s in statuses] or TERMINAL_STATUSES, batch_size, actor="cli")
+    except TaskError as exc:
+        _fail(exc.message)
+    click.echo(f"purged {deleted} task(s)")
+
+
 def register_cli(app: Flask) -> None:
     """``flask tasks``, plus ``flask users`` and ``flask tokens`` from the console and the API."""
     app.cli.add_command(tasks_cli)

@@ -73,6 +73,13 @@ def _optional_str(value: Any) -> str | None:
     return text or None
 
 
+def _log_format(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in ("text", "json"):
+        raise ValueError("expected text or json")
+    return text
+
+
 # name -> (parser, default). Every ASYNC_TASK_* setting the engine reads is listed here.
 SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "ASYNC_TASK_CONSUMER_ENABLED": (_parse_bool, True),
@@ -80,6 +87,7 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "ASYNC_TASK_BATCH_SIZE": (_positive_int, 10),
     "ASYNC_TASK_CONCURRENCY": (_positive_int, 3),
     "ASYNC_TASK_PREFETCH": (_non_negative_int, 0),
+    "ASYNC_TASK_RETENTION_DAYS": (_non_negative_int, 0),
     "ASYNC_TASK_MAX_PROCESSING_TIME": (_positive_float, 3600.0),
     "ASYNC_TASK_HEARTBEAT_INTERVAL": (_positive_float, 5.0),
     "ASYNC_TASK_SHUTDOWN_GRACE": (_positive_float, 30.0),
@@ -93,6 +101,10 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "ASYNC_TASK_WEBHOOK_SECRET": (_optional_str, None),
     "ASYNC_TASK_WEBHOOK_ALLOW_PRIVATE": (_parse_bool, False),
     "REDIS_URL": (_optional_str, None),
+    # Operations (docs/deploy.md): log format, /metrics bearer token, a direct URL for LISTEN.
+    "ASYNC_TASK_LOG_FORMAT": (_log_format, "text"),
+    "ASYNC_TASK_METRICS_TOKEN": (_optional_str, None),
+    "ASYNC_TASK_LISTEN_DATABASE_URL": (_optional_str, None),
 }
 
 # Flask-Mail's settings, parsed (the environment gives strings; "false" must not mean True).

@@ -22,13 +22,15 @@ import threading
 import time
 import traceback as tb_module
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from flask import Flask
+from sqlalchemy.engine import make_url
 
 from ..extensions import db
+from ..logging_setup import task_log_context
 from .errors import TaskCancelled
 from .locks import RedisUnavailable, TaskLocks
 from .processor import TaskInfo, TaskResult
@@ -119,6 +121,9 @@ class Consumer:
         scheduler.add_job(self._heartbeat, "interval", seconds=self.heartbeat_interval, id="heartbeat")
         scheduler.add_job(self._recover, "interval", seconds=self.heartbeat_interval, id="recovery",
                           next_run_time=now)
+        if self.app.config["ASYNC_TASK_RETENTION_DAYS"]:
+            scheduler.add_job(self._purge_expired, "interval", hours=1, id="retention",
+                              next_run_time=now)
         scheduler.start()
         self._scheduler = scheduler
         self.engine.local_consumers.append(self)
@@ -248,7 +253,8 @@ class Consumer:
             if task is None:
                 return
             try:
-                self._run(task)
+                with task_log_context(task):  # every log line of the attempt names the task
+                    self._run(task)
             except Exception:
                 log.exception("task %s: unexpected error in the worker thread", task.id)
             finally:
@@ -442,6 +448,20 @@ class Consumer:
             finally:
                 db.session.remove()
 
+    def _purge_expired(self) -> None:
+        """Retention: drop finished tasks older than ASYNC_TASK_RETENTION_DAYS (hourly)."""
+        days = self.app.config["ASYNC_TASK_RETENTION_DAYS"]
+        with self.app.app_context():
+            try:
+                cutoff = datetime.now(UTC) - timedelta(days=days)
+                deleted = AsyncTaskService().purge_finished(cutoff)
+                if deleted:
+                    log.info("retention: purged %d task(s) finished before %s", deleted, cutoff.isoformat())
+            except Exception:
+                log.exception("retention purge failed")
+            finally:
+                db.session.remove()
+
     def _sweep(self) -> list[int]:
         return AsyncTaskService().recover_orphans(self.max_processing_time, self.heartbeat_interval)
 
@@ -475,8 +495,12 @@ class Consumer:
         """LISTEN for submits committed by other processes; each NOTIFY wakes the dispatcher."""
         import psycopg
 
+        # LISTEN needs a session of its own: behind PgBouncer in transaction mode, point
+        # ASYNC_TASK_LISTEN_DATABASE_URL straight at PostgreSQL (docs/deploy.md).
+        direct = self.app.config.get("ASYNC_TASK_LISTEN_DATABASE_URL")
         with self.app.app_context():
-            url = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            engine_url = make_url(direct) if direct else db.engine.url
+            url = engine_url.set(drivername="postgresql").render_as_string(hide_password=False)
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(url, autocommit=True) as conn:
