@@ -431,18 +431,13 @@ class Consumer:
                         with self.locks.sweep_lock(ttl_seconds=self.heartbeat_interval * 2) as mine:
                             if not mine:
                                 return
-                            recovered = self._sweep()
+                            self._sweep()
                         self._redis_up()
                     except RedisUnavailable as exc:
                         self._redis_down(exc)
-                        recovered = self._sweep()
+                        self._sweep()
                 else:
-                    recovered = self._sweep()
-                if recovered and self.locks is not None:
-                    try:
-                        self.locks.force_release(recovered)
-                    except RedisUnavailable as exc:
-                        self._redis_down(exc)
+                    self._sweep()
             except Exception:
                 log.exception("recovery sweep failed")
             finally:
@@ -463,7 +458,17 @@ class Consumer:
                 db.session.remove()
 
     def _sweep(self) -> list[int]:
-        return AsyncTaskService().recover_orphans(self.max_processing_time, self.heartbeat_interval)
+        return AsyncTaskService().recover_orphans(self.max_processing_time, self.heartbeat_interval,
+                                                  before_commit=self._drop_locks_of)
+
+    def _drop_locks_of(self, task_ids: list[int]) -> None:
+        """Free recovered tasks' Redis locks before the recovery commits and wakes claimers."""
+        if self.locks is None:
+            return
+        try:
+            self.locks.force_release(task_ids)
+        except RedisUnavailable as exc:
+            self._redis_down(exc)
 
     def _release_locks(self, tasks: list[TaskInfo]) -> None:
         if self.locks is None or not tasks:

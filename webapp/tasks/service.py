@@ -16,7 +16,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -1081,7 +1081,8 @@ class AsyncTaskService:
                              .execution_options(synchronize_session=False))
         self.session.commit()
 
-    def recover_orphans(self, max_processing_time: float, heartbeat_interval: float) -> list[int]:
+    def recover_orphans(self, max_processing_time: float, heartbeat_interval: float,
+                        before_commit: Callable[[list[int]], None] | None = None) -> list[int]:
         """Send PROCESSING tasks whose worker is dead, or that ran too long, back to PENDING.
 
         A worker is dead when it missed three heartbeats (or stopped without releasing). A task
@@ -1154,6 +1155,9 @@ class AsyncTaskService:
                         failed_info, TaskStatus.FAILURE.value,
                         TaskResult.failure(values["error"], retryable=False))
         self._write_events(events)
+        if recovered and before_commit is not None:
+            # e.g. drop the dead attempts' Redis locks before anyone can claim the tasks again
+            before_commit(recovered)
         if recovered:
             self._commit_new_work()
         else:
