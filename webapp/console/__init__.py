@@ -1,0 +1,82 @@
+"""The operator console: server-rendered pages enhanced by htmx, a thin layer over the service.
+
+``init_console(app)`` registers the blueprints (login, task pages, admin pages), the session
+cookie settings, and the security headers every response carries.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from flask import Flask, Response
+
+from ..accounts.users import LoginThrottle
+from .admin import bp as admin_bp
+from .auth import bp as auth_bp
+from .auth import load_current_user
+from .formatting import register as register_formatting
+from .views import bp as views_bp
+
+# No inline script or style anywhere: htmx and our own script are static files, and htmx's
+# inline indicator style is switched off through its meta config.
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data:",
+    "connect-src 'self'",
+    "font-src 'self'",
+    "object-src 'none'",
+    "base-uri 'self'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+])
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+
+
+def init_console(app: Flask) -> None:
+    """Register the console's blueprints, login handling, cookie settings and security headers."""
+    _configure_session(app)
+    app.extensions["console_login_throttle"] = LoginThrottle()
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(views_bp)
+    app.register_blueprint(admin_bp)
+    register_formatting(app)
+    app.before_request(load_current_user)
+    app.after_request(add_security_headers)
+
+
+def _configure_session(app: Flask) -> None:
+    """HttpOnly, SameSite=Lax session cookies; Secure unless debugging, testing or told otherwise."""
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.config.setdefault("SESSION_COOKIE_NAME", "session")
+    env_secure = os.environ.get("SESSION_COOKIE_SECURE")
+    if env_secure is not None:
+        # Plain-HTTP deployments on a non-local host need an explicit opt-out.
+        app.config["SESSION_COOKIE_SECURE"] = env_secure.strip().lower() not in {"0", "false", "no", "off"}
+    elif not app.config.get("SESSION_COOKIE_SECURE"):
+        app.config["SESSION_COOKIE_SECURE"] = not (app.debug or app.testing)
+    if app.config.get("PERMANENT_SESSION_LIFETIME") == timedelta(days=31):  # Flask's default
+        app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(hours=12)
+    if app.config.get("WTF_CSRF_TIME_LIMIT") == 3600:  # Flask-WTF's default
+        # The htmx header carries the token rendered with the page; an operator keeping the
+        # console open for hours must still be able to cancel, so the token lives as long as
+        # the session (which is what binds it).
+        app.config["WTF_CSRF_TIME_LIMIT"] = None
+
+
+def add_security_headers(response: Response) -> Response:
+    """Every response: CSP without inline code, nosniff, no framing, a same-origin referrer."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response

@@ -1,0 +1,72 @@
+"""Template filters: times, durations and pretty JSON. They return text; Jinja escapes it."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import Flask
+
+from ..tasks.models import TERMINAL_STATUSES, TaskStatus, utcnow
+from ..tasks.serialize import iso
+
+
+def pretty_json(value: Any) -> str:
+    """Indented JSON with sorted keys; non-ASCII kept readable."""
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def compact_json(value: Any) -> str:
+    """One-line JSON, as text (Jinja escapes it like any other string)."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str, separators=(", ", ": "))
+
+
+def utc_time(value: datetime | None) -> str:
+    """``2026-01-01 12:00:00 UTC`` (or an em dash for no time)."""
+    if value is None:
+        return "—"
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def duration(value: timedelta | float | None) -> str:
+    """A short human duration: ``850 ms``, ``42 s``, ``3 min 05 s``, ``2 h 10 min``, ``3 d 4 h``."""
+    if value is None:
+        return "—"
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    if seconds < 1:
+        return f"{sign}{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{sign}{seconds:.0f} s" if seconds >= 10 else f"{sign}{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{sign}{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{sign}{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{sign}{days} d {hours} h"
+
+
+def ago(value: datetime | None) -> str:
+    """How long ago (``12 s ago``) or how far ahead (``in 3 min 00 s``) a time is."""
+    if value is None:
+        return "—"
+    delta = utcnow() - value
+    if delta.total_seconds() < 0:
+        return f"in {duration(-delta)}"
+    return f"{duration(delta)} ago"
+
+
+def register(app: Flask) -> None:
+    """Make the filters and a few constants available to every template."""
+    app.jinja_env.filters["pretty_json"] = pretty_json
+    app.jinja_env.filters["compact_json"] = compact_json
+    app.jinja_env.filters["utc"] = utc_time
+    app.jinja_env.filters["duration"] = duration
+    app.jinja_env.filters["ago"] = ago
+    app.jinja_env.filters["iso"] = iso
+    app.jinja_env.globals["ALL_STATUSES"] = [status.value for status in TaskStatus]
+    app.jinja_env.globals["TERMINAL_STATUSES"] = TERMINAL_STATUSES

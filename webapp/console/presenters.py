@@ -1,0 +1,187 @@
+"""Shapes the pages draw: the throughput chart's geometry, a task's timeline and attempts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ..tasks.models import AuditEntry, TaskEvent, TaskEventKind
+from ..tasks.stats import Throughput
+
+EVENT_LABELS = {
+    TaskEventKind.SUBMITTED.value: "Submitted",
+    TaskEventKind.CLAIMED.value: "Claimed by a worker",
+    TaskEventKind.SUCCEEDED.value: "Succeeded",
+    TaskEventKind.RETRY_SCHEDULED.value: "Failed; retry scheduled",
+    TaskEventKind.FAILED.value: "Failed",
+    TaskEventKind.CANCELLED.value: "Cancelled",
+    TaskEventKind.RETRIED.value: "Retried by an operator",
+    TaskEventKind.RECOVERED.value: "Recovered (its worker died or it ran too long)",
+    TaskEventKind.RELEASED.value: "Released (worker shut down)",
+    TaskEventKind.LATE_RESULT_REFUSED.value: "Late result refused",
+    TaskEventKind.CANCEL_REQUESTED.value: "Cancel requested",
+}
+
+# Events that end an attempt, and how the attempt ended.
+ATTEMPT_ENDINGS = {
+    TaskEventKind.SUCCEEDED.value,
+    TaskEventKind.RETRY_SCHEDULED.value,
+    TaskEventKind.FAILED.value,
+    TaskEventKind.RECOVERED.value,
+    TaskEventKind.RELEASED.value,
+}
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One line of a task's timeline: a recorded event, or a refused operator action."""
+
+    at: datetime
+    kind: str
+    label: str
+    from_status: str | None = None
+    to_status: str | None = None
+    attempt: int | None = None
+    worker_id: str | None = None
+    actor: str | None = None
+    message: str | None = None
+    traceback: str | None = None
+
+    @property
+    def css_class(self) -> str:
+        return "event-" + self.kind.lower().replace("_", "-").replace(".", "-")
+
+
+def timeline(events: list[TaskEvent], audits: list[AuditEntry]) -> list[TimelineEntry]:
+    """Events in order, with refused operator actions (from the audit log) merged in by time.
+
+    Accepted operator actions already appear as events carrying the operator's name.
+    """
+    entries = [
+        TimelineEntry(at=e.at, kind=e.kind, label=EVENT_LABELS.get(e.kind, e.kind.title()),
+                      from_status=e.from_status, to_status=e.to_status, attempt=e.attempt,
+                      worker_id=e.worker_id, actor=e.actor, message=e.message, traceback=e.traceback)
+        for e in events
+    ]
+    for entry in audits:
+        if entry.outcome == "ok":
+            continue
+        action = entry.action.removeprefix("task.")
+        detail = entry.detail or {}
+        status = detail.get("status")
+        message = f"{action} refused" + (f": task was {status}" if status else "")
+        entries.append(TimelineEntry(at=entry.at, kind=f"refused.{action}", label=f"Refused {action}",
+                                     actor=entry.actor, message=message))
+    entries.sort(key=lambda item: item.at)
+    return entries
+
+
+@dataclass
+class Attempt:
+    """One run of a task by a worker, from claim to outcome."""
+
+    number: int
+    worker_id: str | None
+    started_at: datetime
+    ended_at: datetime | None = None
+    outcome: str = "running"
+    message: str | None = None
+    traceback: str | None = None
+
+
+def attempts(events: list[TaskEvent]) -> list[Attempt]:
+    """The task's attempts, rebuilt from CLAIMED events and the event that ended each."""
+    found: dict[int, Attempt] = {}
+    for event in events:
+        if event.kind == TaskEventKind.CLAIMED.value and event.attempt is not None:
+            found[event.attempt] = Attempt(event.attempt, event.worker_id, event.at)
+        elif event.kind in ATTEMPT_ENDINGS and event.attempt in found:
+            attempt = found[event.attempt]
+            if attempt.ended_at is None:
+                attempt.ended_at = event.at
+                attempt.outcome = EVENT_LABELS.get(event.kind, event.kind)
+                attempt.message = event.message
+                attempt.traceback = event.traceback
+    return [found[number] for number in sorted(found)]
+
+
+@dataclass(frozen=True)
+class ChartBar:
+    """One minute's stacked bar: successes at the bottom, failures on top."""
+
+    x: float
+    width: float
+    success_y: float
+    success_height: float
+    failure_y: float
+    failure_height: float
+    title: str
+
+
+@dataclass
+class Chart:
+    """An SVG bar chart of outcomes per minute, laid out on the server."""
+
+    width: int
+    height: int
+    left: int
+    top: int
+    plot_width: float
+    plot_height: float
+    y_max: int
+    bars: list[ChartBar] = field(default_factory=list)
+    y_ticks: list[tuple[float, int]] = field(default_factory=list)
+    x_labels: list[tuple[float, str, str]] = field(default_factory=list)  # x, text, text-anchor
+
+    @property
+    def bottom(self) -> float:
+        return self.top + self.plot_height
+
+    @property
+    def right(self) -> float:
+        return self.left + self.plot_width
+
+
+def nice_ceiling(value: int) -> int:
+    """The smallest of 1, 2, 5, 10, 20, 50, ... that is at least ``value`` (and at least 1)."""
+    if value <= 1:
+        return 1
+    magnitude = 10 ** int(math.floor(math.log10(value)))
+    for step in (1, 2, 5, 10):
+        if step * magnitude >= value:
+            return step * magnitude
+    return 10 * magnitude
+
+
+def throughput_chart(data: Throughput, width: int = 1000, height: int = 200) -> Chart:
+    """Lay out one stacked bar per minute, a y axis with three ticks and time labels."""
+    left, top, bottom_margin, right_margin = 40, 10, 24, 8
+    plot_width = width - left - right_margin
+    plot_height = height - top - bottom_margin
+    totals = [b.succeeded + b.failed for b in data.buckets]
+    y_max = nice_ceiling(max(totals, default=0))
+    chart = Chart(width, height, left, top, plot_width, plot_height, y_max)
+    count = max(1, len(data.buckets))
+    slot = plot_width / count
+    scale = plot_height / y_max
+    for index, bucket in enumerate(data.buckets):
+        x = left + index * slot
+        success_height = bucket.succeeded * scale
+        failure_height = bucket.failed * scale
+        success_y = top + plot_height - success_height
+        title = (f"{bucket.start.strftime('%H:%M')} UTC: {bucket.succeeded} finished, "
+                 f"{bucket.failed} failed")
+        chart.bars.append(ChartBar(round(x + 1, 2), round(max(slot - 2, 1), 2), round(success_y, 2),
+                                   round(success_height, 2), round(success_y - failure_height, 2),
+                                   round(failure_height, 2), title))
+    ticks = {0, y_max} | ({y_max // 2} if y_max % 2 == 0 else set())  # 5 gets no "2.5" line
+    chart.y_ticks = [(round(top + plot_height - value * scale, 2), value) for value in sorted(ticks)]
+    minutes = len(data.buckets)
+    for minutes_ago in range(0, minutes, 15):
+        index = minutes - 1 - minutes_ago
+        if minutes_ago == 0:
+            chart.x_labels.append((round(left + plot_width, 2), "now", "end"))
+        else:
+            chart.x_labels.append((round(left + (index + 0.5) * slot, 2), f"-{minutes_ago} min", "middle"))
+    return chart
