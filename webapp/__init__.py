@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 from pathlib import Path
@@ -13,6 +12,7 @@ from flask import Flask
 
 from .config import ConfigError, load_settings
 from .extensions import csrf, db, mail, migrate
+from .logging_setup import configure_logging
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -36,10 +36,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", _engine_options(app.config))
     app.config.setdefault("MAIL_SUPPRESS_SEND", False)
 
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # Text or JSON lines; every line logged while a task runs names its id, type and attempt.
+    configure_logging(app.config["ASYNC_TASK_LOG_FORMAT"])
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(_migrations_dir()), render_as_batch=True)

@@ -139,6 +139,11 @@ class Consumer:
         grace = self.app.config["ASYNC_TASK_SHUTDOWN_GRACE"] if grace is None else grace
         self._stopping.set()
         self._wake.set()
+        # A claim already in flight must land in the queue before the leftovers are counted,
+        # or its tasks stay PROCESSING under a stopped worker until a sweep recovers them.
+        for thread in self._threads:
+            if thread.name == "task-dispatcher" and thread is not threading.current_thread():
+                thread.join(timeout=10)
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         notifier = getattr(self, "notifier", None)

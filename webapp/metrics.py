@@ -1,0 +1,261 @@
+"""Prometheus metrics, read from the database so that every process reports the same numbers.
+
+Under gunicorn several processes serve ``/metrics`` and the tasks run in yet other processes
+(``flask tasks worker``, possibly on other machines), so per-process counters would each see a
+slice. Every figure here is instead derived from the rows all processes share, in four grouped
+read-only queries, and any web process answers a scrape with the cluster's numbers. Scrape one
+target (or aggregate with ``max``, not ``sum``, across web nodes).
+
+Counters (``*_total``) are counts of rows: deleting finished tasks (retention) lowers them,
+which Prometheus treats as a counter reset. Durations are those of each finished task's last
+attempt (``finished_at - started_at``).
+
+Nothing here changes a row; ``health.metrics`` serves the text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from sqlalchemy import Float, case, cast, extract, func, literal, select
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from .extensions import db
+from .tasks.models import (
+    WAITING_STATUSES,
+    AsyncTask,
+    Notification,
+    TaskStatus,
+    TaskTypeState,
+    UTCDateTime,
+    Worker,
+    utcnow,
+)
+
+PREFIX = "taskdeck"
+# Seconds; from a no-op (milliseconds) to the default max-processing-time (one hour).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    300.0, 900.0, 3600.0)
+FINISHED_STATUSES = (TaskStatus.SUCCESS.value, TaskStatus.FAILURE.value)
+MISSED_HEARTBEATS = 3  # the recovery sweep's rule: three missed beats and a worker is dead
+
+
+@dataclass
+class DurationHistogram:
+    """Cumulative bucket counts, their sum and count, for one (task type, outcome)."""
+
+    buckets: list[int]
+    total: float
+    count: int
+
+
+@dataclass
+class MetricsSnapshot:
+    """Everything ``/metrics`` reports, read at one moment."""
+
+    tasks: dict[tuple[str, str], int] = field(default_factory=dict)  # (type, status) -> n
+    attempts: dict[str, int] = field(default_factory=dict)  # type -> attempts started
+    durations: dict[tuple[str, str], DurationHistogram] = field(default_factory=dict)
+    due: dict[str, tuple[int, float]] = field(default_factory=dict)  # type -> (n, oldest age s)
+    paused: set[str] = field(default_factory=set)
+    notifications: dict[tuple[str, str], int] = field(default_factory=dict)  # (type, status) -> n
+    workers_by_status: dict[str, int] = field(default_factory=dict)
+    workers_online: int = 0
+    worker_threads: int = 0
+    worker_threads_busy: int = 0
+    collect_seconds: float = 0.0
+
+
+def _seconds_between(start: Any, end: Any, dialect: str) -> ColumnElement[float]:
+    """``end - start`` in seconds as a SQL expression (SQLite keeps naive UTC text)."""
+    if dialect == "postgresql":
+        return cast(extract("epoch", end - start), Float)
+    return (func.julianday(end) - func.julianday(start)) * 86400.0
+
+
+def _database_now(session: Session, dialect: str) -> datetime:
+    """The clock the engine uses: PostgreSQL's on PostgreSQL, this process's on SQLite."""
+    if dialect == "postgresql":
+        return session.execute(select(func.statement_timestamp(type_=UTCDateTime()))).scalar_one()
+    return utcnow()
+
+
+def collect_snapshot(session: Session | None = None) -> MetricsSnapshot:
+    """Read the current figures (inside an application context)."""
+    began = time.perf_counter()
+    session = session or db.session()
+    dialect = session.get_bind().dialect.name
+    now = _database_now(session, dialect)
+    snapshot = MetricsSnapshot()
+    _read_tasks(session, dialect, snapshot)
+    _read_due(session, dialect, now, snapshot)
+    _read_notifications(session, snapshot)
+    _read_workers(session, now, snapshot)
+    snapshot.collect_seconds = time.perf_counter() - began
+    return snapshot
+
+
+def _read_tasks(session: Session, dialect: str, snapshot: MetricsSnapshot) -> None:
+    """One pass over ``async_task``: counts, attempts and duration buckets per (type, status)."""
+    duration = _seconds_between(AsyncTask.started_at, AsyncTask.finished_at, dialect)
+    timed = AsyncTask.status.in_(FINISHED_STATUSES) & AsyncTask.started_at.is_not(None) \
+        & AsyncTask.finished_at.is_not(None)
+    bucket_columns = [func.sum(case((timed & (duration <= bound), 1), else_=0)) for bound in DURATION_BUCKETS]
+    query = select(
+        AsyncTask.task_type, AsyncTask.status, func.count(), func.sum(AsyncTask.attempts),
+        func.sum(case((timed, duration), else_=0.0)), func.sum(case((timed, 1), else_=0)),
+        *bucket_columns,
+    ).group_by(AsyncTask.task_type, AsyncTask.status)
+    for row in session.execute(query):
+        task_type, status, count, attempts, duration_sum, timed_count, *buckets = row
+        snapshot.tasks[(task_type, status)] = int(count)
+        snapshot.attempts[task_type] = snapshot.attempts.get(task_type, 0) + int(attempts or 0)
+        if status in FINISHED_STATUSES:
+            snapshot.durations[(task_type, status)] = DurationHistogram(
+                [int(b or 0) for b in buckets], max(0.0, float(duration_sum or 0.0)), int(timed_count or 0))
+
+
+def _read_due(session: Session, dialect: str, now: datetime, snapshot: MetricsSnapshot) -> None:
+    """Waiting tasks that are due, and how long the oldest of each type has been waiting."""
+    now_value = literal(now, UTCDateTime())
+    rows = session.execute(
+        select(AsyncTask.task_type, func.count(), func.min(AsyncTask.next_run_at))
+        .where(AsyncTask.status.in_(WAITING_STATUSES), AsyncTask.next_run_at <= now_value)
+        .group_by(AsyncTask.task_type))
+    for task_type, count, oldest in rows:
+        if isinstance(oldest, str):  # SQLite hands min() back as text
+            oldest = UTCDateTime().process_result_value(datetime.fromisoformat(oldest), session.get_bind().dialect)
+        age = max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
+        snapshot.due[task_type] = (int(count), age)
+    snapshot.paused = set(session.scalars(select(TaskTypeState.task_type).where(TaskTypeState.paused)))
+
+
+def _read_notifications(session: Session, snapshot: MetricsSnapshot) -> None:
+    rows = session.execute(select(Notification.type, Notification.status, func.count())
+                           .group_by(Notification.type, Notification.status))
+    snapshot.notifications = {(kind, status): int(count) for kind, status, count in rows}
+
+
+def _read_workers(session: Session, now: datetime, snapshot: MetricsSnapshot) -> None:
+    rows = session.execute(select(Worker.status, func.count()).group_by(Worker.status))
+    snapshot.workers_by_status = {status: int(count) for status, count in rows}
+    running = session.execute(
+        select(Worker.last_heartbeat_at, Worker.heartbeat_interval, Worker.concurrency, Worker.busy)
+        .where(Worker.status == "RUNNING"))
+    for last_beat, interval, concurrency, busy in running:
+        if (now - last_beat).total_seconds() <= MISSED_HEARTBEATS * interval:
+            snapshot.workers_online += 1
+            snapshot.worker_threads += int(concurrency)
+            snapshot.worker_threads_busy += int(busy)
+
+
+# -- exposition -----------------------------------------------------------------------------
+
+
+def _name(metric: str) -> str:
+    return f"{PREFIX}_{metric}"
+
+
+def snapshot_families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
+    """The snapshot as Prometheus metric families."""
+    tasks = GaugeMetricFamily(_name("tasks"), "Tasks by type and status.", labels=["task_type", "status"])
+    for (task_type, status), count in sorted(snapshot.tasks.items()):
+        tasks.add_metric([task_type, status], count)
+    yield tasks
+
+    processed = CounterMetricFamily(_name("tasks_processed"),
+                                    "Tasks that finished processing (SUCCESS or FAILURE).",
+                                    labels=["task_type"])
+    failed = CounterMetricFamily(_name("tasks_failed"), "Tasks that ended in FAILURE.",
+                                 labels=["task_type"])
+    attempts = CounterMetricFamily(_name("task_attempts"), "Attempts started (claims), retries included.",
+                                   labels=["task_type"])
+    for task_type in sorted({t for t, _ in snapshot.tasks}):
+        done = sum(snapshot.tasks.get((task_type, status), 0) for status in FINISHED_STATUSES)
+        processed.add_metric([task_type], done)
+        failed.add_metric([task_type], snapshot.tasks.get((task_type, TaskStatus.FAILURE.value), 0))
+        attempts.add_metric([task_type], snapshot.attempts.get(task_type, 0))
+    yield processed
+    yield failed
+    yield attempts
+
+    durations = HistogramMetricFamily(_name("task_duration_seconds"),
+                                      "Run time of each finished task's last attempt.",
+                                      labels=["task_type", "status"])
+    for (task_type, status), histogram in sorted(snapshot.durations.items()):
+        buckets = [(_bound(b), n) for b, n in zip(DURATION_BUCKETS, histogram.buckets, strict=True)]
+        buckets.append(("+Inf", histogram.count))
+        durations.add_metric([task_type, status], buckets, histogram.total)
+    yield durations
+
+    due = GaugeMetricFamily(_name("tasks_due"), "Waiting tasks whose run time has come.", labels=["task_type"])
+    lag = GaugeMetricFamily(_name("queue_lag_seconds"),
+                            "Age of the oldest due waiting task (0 when none is due).", labels=["task_type"])
+    for task_type, (count, age) in sorted(snapshot.due.items()):
+        due.add_metric([task_type], count)
+        lag.add_metric([task_type], age)
+    yield due
+    yield lag
+    overall = GaugeMetricFamily(_name("queue_lag_max_seconds"),
+                                "Age of the oldest due waiting task of any type not paused.")
+    everything_paused = "*" in snapshot.paused
+    overall.add_metric([], 0.0 if everything_paused else max(
+        (age for t, (_, age) in snapshot.due.items() if t not in snapshot.paused), default=0.0))
+    yield overall
+    paused = GaugeMetricFamily(_name("task_type_paused"), "1 for each paused task type ('*' = all).",
+                               labels=["task_type"])
+    for task_type in sorted(snapshot.paused):
+        paused.add_metric([task_type], 1)
+    yield paused
+
+    notifications = GaugeMetricFamily(_name("notifications"), "Notifications by type and status.",
+                                      labels=["type", "status"])
+    for (kind, status), count in sorted(snapshot.notifications.items()):
+        notifications.add_metric([kind, status], count)
+    yield notifications
+
+    workers = GaugeMetricFamily(_name("workers"), "Worker rows by recorded status.", labels=["status"])
+    for status, count in sorted(snapshot.workers_by_status.items()):
+        workers.add_metric([status], count)
+    yield workers
+    for metric, help_text, value in (
+        ("workers_online", "Workers whose heartbeat is fresh (fewer than 3 missed).", snapshot.workers_online),
+        ("worker_threads", "Task threads of the online workers.", snapshot.worker_threads),
+        ("worker_threads_busy", "Task threads running a task, as of each worker's last heartbeat.",
+         snapshot.worker_threads_busy),
+        ("metrics_collect_seconds", "Time this scrape spent reading the database.", snapshot.collect_seconds),
+    ):
+        gauge = GaugeMetricFamily(_name(metric), help_text)
+        gauge.add_metric([], value)
+        yield gauge
+
+
+def _bound(value: float) -> str:
+    return repr(float(value))
+
+
+class _SnapshotCollector:
+    def __init__(self, snapshot: MetricsSnapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        return snapshot_families(self.snapshot)
+
+
+def render_metrics(session: Session | None = None) -> bytes:
+    """The Prometheus text exposition of the current snapshot."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SnapshotCollector(collect_snapshot(session)))  # type: ignore[arg-type]
+    return generate_latest(registry)
