@@ -269,3 +269,22 @@ def test_pause_stops_claims_and_resume_restarts_them(app):
     with app.app_context():
         AsyncTaskService().resume_task_type("NOOP", actor="ops")
     wait_until(lambda: statuses(app, [task_id]) == ["SUCCESS"], timeout=5, message="resumed")
+
+
+def test_a_submit_from_another_connection_wakes_an_idle_consumer(make_app, backend, tmp_path):
+    """Another process's submit (PostgreSQL NOTIFY, SQLite data_version) starts the task at once."""
+    from tests.conftest import base_config
+    from webapp import create_app
+
+    app = make_app(backend)
+    # A second app on the same database: its own engine and connections, like another process.
+    other_process = create_app(base_config(SQLALCHEMY_DATABASE_URI=app.config["SQLALCHEMY_DATABASE_URI"]))
+    Consumer(app, concurrency=1, poll_interval=30).start()
+    time.sleep(0.5)  # the first poll has come and gone
+    with other_process.app_context():
+        started = time.monotonic()
+        task_id = AsyncTaskService().submit_task("NOOP", {}).id
+    wait_until(lambda: statuses(app, [task_id]) == ["SUCCESS"], timeout=5, message="woken")
+    assert time.monotonic() - started < 2
+    with other_process.app_context():
+        db.engine.dispose()

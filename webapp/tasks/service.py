@@ -662,6 +662,10 @@ class AsyncTaskService:
             task = self.get_task(task_id)
             if task is not None and task.status == TaskStatus.PROCESSING.value:
                 return task  # already requested: asking twice changes nothing
+            if task is not None and task.status in WAITING_STATUSES:
+                # The attempt ended (retry scheduled, released, recovered) between our two
+                # statements: the task is cancellable again, so cancel it rather than refuse.
+                return self.cancel_task(task_id, actor)
             self._refuse(task_id, actor, "cancel",
                          "only PENDING, RETRYING or PROCESSING tasks can be cancelled")
         self._write_events([self._event(task_id, TaskEventKind.CANCEL_REQUESTED, actor=actor,
@@ -745,6 +749,11 @@ class AsyncTaskService:
         return self.require_task(task_id)
 
     def _refuse(self, task_id: int, actor: str | None, action: str, rule: str) -> None:
+        if actor is not None:
+            # The refusal is audited: on SQLite a read later upgraded to a write can fail with
+            # "database is locked", so take the write lock before reading.
+            self.session.rollback()
+            self._begin_write()
         task = self.get_task(task_id)
         if task is None:
             raise TaskNotFound(f"task {task_id} does not exist")
@@ -797,6 +806,17 @@ class AsyncTaskService:
         return claimed
 
     def _claim_sqlite(self, worker_id: str, limit: int, types: list[str], token: str) -> Sequence[Any]:
+        # Look before taking the database's only write lock: idle consumers polling an empty
+        # queue must not queue up behind each other and the web process's writes.
+        anything_due = self.session.execute(
+            select(AsyncTask.id)
+            .where(AsyncTask.status.in_(WAITING_STATUSES), AsyncTask.next_run_at <= literal(utcnow(), UTCDateTime()),
+                   AsyncTask.task_type.in_(types))
+            .limit(1)
+        ).first()
+        self.session.rollback()
+        if anything_due is None:
+            return []
         self._begin_write()
         now = self._now()
         due = (
