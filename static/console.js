@@ -68,3 +68,139 @@
 
   document.addEventListener("DOMContentLoaded", restoreSelection);
 })();
+
+// Times: the server writes UTC ("2026-01-01 12:00:00 UTC"); show them in the operator's own time
+// zone and keep the UTC value on hover. Relative times ("12 s ago") get the UTC value as title.
+(function () {
+  "use strict";
+
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+
+  function utcText(date) {
+    return date.getUTCFullYear() + "-" + pad(date.getUTCMonth() + 1) + "-" + pad(date.getUTCDate()) + " " +
+      pad(date.getUTCHours()) + ":" + pad(date.getUTCMinutes()) + ":" + pad(date.getUTCSeconds()) + " UTC";
+  }
+
+  var formatter = null;
+  function localText(date) {
+    if (!formatter) {
+      try {
+        formatter = new Intl.DateTimeFormat(document.documentElement.lang || undefined, {
+          year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
+          second: "2-digit", hourCycle: "h23", timeZoneName: "short"
+        });
+      } catch (e) {
+        formatter = { format: function (d) { return d.toString(); } };
+      }
+    }
+    return formatter.format(date);
+  }
+
+  function localizeTimes(root) {
+    var scope = root && root.querySelectorAll ? root : document;
+    var times = scope.querySelectorAll("time[datetime]:not([data-localized])");
+    Array.prototype.forEach.call(times, function (element) {
+      var date = new Date(element.getAttribute("datetime"));
+      if (isNaN(date.getTime())) return;
+      element.setAttribute("data-localized", "");
+      if (!element.getAttribute("title")) element.setAttribute("title", utcText(date));
+      if (/ UTC$/.test(element.textContent.trim())) element.textContent = localText(date);
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { localizeTimes(document); });
+  document.addEventListener("htmx:afterSwap", function () { localizeTimes(document); });
+  document.addEventListener("htmx:afterSettle", function () { localizeTimes(document); });
+  window.taskdeckLocalizeTimes = localizeTimes;
+})();
+
+// Keyboard: j/k or the arrow keys move between the task table's rows, Enter opens the current
+// row, x ticks its box, "/" jumps to the search box. The current row survives live refreshes.
+(function () {
+  "use strict";
+  var currentId = null;
+
+  function rows() {
+    return Array.prototype.slice.call(document.querySelectorAll("#task-rows tr[id^='task-']"));
+  }
+
+  function typing(target) {
+    return target instanceof HTMLElement &&
+      (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName)) &&
+      !(target instanceof HTMLInputElement && target.type === "checkbox");
+  }
+
+  function mark(row, focus) {
+    rows().forEach(function (other) {
+      if (other !== row) other.classList.remove("row-current");
+    });
+    if (!row) return;
+    row.classList.add("row-current");
+    row.setAttribute("tabindex", "-1");
+    currentId = row.id;
+    if (focus) {
+      row.focus({ preventScroll: true });
+      row.scrollIntoView({ block: "nearest" });
+    }
+  }
+
+  function move(step) {
+    var all = rows();
+    if (!all.length) return;
+    var index = all.findIndex(function (row) { return row.id === currentId; });
+    var next = index < 0 ? (step > 0 ? 0 : all.length - 1) : Math.min(all.length - 1, Math.max(0, index + step));
+    mark(all[next], true);
+  }
+
+  document.addEventListener("keydown", function (event) {
+    if (event.altKey || event.ctrlKey || event.metaKey || typing(event.target)) return;
+    if (!document.getElementById("task-rows")) return;
+    var key = event.key;
+    if (key === "j" || key === "ArrowDown") { move(1); event.preventDefault(); }
+    else if (key === "k" || key === "ArrowUp") { move(-1); event.preventDefault(); }
+    else if (key === "/") {
+      var search = document.getElementById("task-search");
+      if (search) { search.focus(); search.select(); event.preventDefault(); }
+    } else if (currentId && (key === "Enter" || key === "o" || key === "x")) {
+      var row = document.getElementById(currentId);
+      if (!row || (event.target !== row && event.target !== document.body)) return;
+      if (key === "x") {
+        var box = row.querySelector("input[name='ids']");
+        if (box) box.click();
+      } else {
+        var link = row.querySelector("a[href]");
+        if (link) link.click();
+      }
+      event.preventDefault();
+    }
+  });
+
+  // A click on a row makes it the current one (keyboard and mouse agree).
+  document.addEventListener("click", function (event) {
+    var row = event.target instanceof Element && event.target.closest("#task-rows tr[id^='task-']");
+    if (row) mark(row, false);
+  });
+
+  // The rows are replaced by every live refresh: keep the current row (and its focus).
+  document.addEventListener("htmx:beforeSwap", function () {
+    var active = document.activeElement;
+    document.__rowHadFocus = !!(active && active.closest && active.closest("#task-rows") && active.tagName === "TR");
+  });
+  document.addEventListener("htmx:afterSettle", function () {
+    if (!currentId) return;
+    var row = document.getElementById(currentId);
+    if (row) mark(row, document.__rowHadFocus === true);
+  });
+})();
+
+// Language switch: with JavaScript, choosing a language applies it at once.
+(function () {
+  "use strict";
+  document.addEventListener("change", function (event) {
+    var target = event.target;
+    if (target instanceof HTMLSelectElement && target.name === "lang" && target.form &&
+        target.form.classList.contains("lang-switch")) {
+      target.form.requestSubmit ? target.form.requestSubmit() : target.form.submit();
+    }
+  });
+})();

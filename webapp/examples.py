@@ -63,3 +63,34 @@ class AlwaysFailsProcessor(TaskProcessor):
 
     def process(self, task: TaskInfo, payload: dict) -> TaskResult:
         raise RuntimeError(f"deliberate failure on attempt {task.attempt}")
+
+
+@dataclass
+class ImportFilePayload:
+    file: str
+    rows: int = 200
+    seconds: float = 15.0
+    fail_at_row: int | None = None
+
+
+class ImportFileProcessor(TaskProcessor):
+    """Imports a (simulated) file row by row for ``seconds``, reporting progress as it goes.
+
+    It honours a cancel request at its next progress report (``report_progress`` raises), and
+    ``fail_at_row`` makes it stop with a non-retryable error, to try edit and retry.
+    """
+
+    task_type = "IMPORT_FILE"
+    payload_type = ImportFilePayload
+    retry_config = RetryConfig(max_retry_count=0)
+
+    def process(self, task: TaskInfo, payload: ImportFilePayload) -> TaskResult:
+        rows = max(1, min(payload.rows, 100_000))
+        pause = max(0.0, min(payload.seconds, 600.0)) / rows
+        for row in range(1, rows + 1):
+            if payload.fail_at_row is not None and row == payload.fail_at_row:
+                return TaskResult.failure(f"{payload.file}: row {row}: invalid date '2026-13-01'",
+                                          retryable=False)
+            time.sleep(pause)
+            self.report_progress(row / rows, f"row {row} of {rows}")
+        return TaskResult.success({"file": payload.file, "rows": rows})

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import re
+import typing
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from ..tasks.models import AuditEntry, TaskEvent, TaskEventKind
 from ..tasks.stats import Throughput
@@ -20,7 +25,9 @@ EVENT_LABELS = {
     TaskEventKind.RECOVERED.value: "Recovered (its worker died or it ran too long)",
     TaskEventKind.RELEASED.value: "Released (worker shut down)",
     TaskEventKind.LATE_RESULT_REFUSED.value: "Late result refused",
-    TaskEventKind.CANCEL_REQUESTED.value: "Cancel requested",
+    TaskEventKind.CANCEL_REQUESTED.value: "Cancel requested by an operator",
+    TaskEventKind.CANCEL_TOO_LATE.value: "Cancel request not honoured (the attempt ended anyway)",
+    TaskEventKind.RESUBMITTED.value: "Edited and resubmitted as a new task",
 }
 
 # Events that end an attempt, and how the attempt ended.
@@ -75,6 +82,64 @@ def timeline(events: list[TaskEvent], audits: list[AuditEntry]) -> list[Timeline
                                      actor=entry.actor, message=message))
     entries.sort(key=lambda item: item.at)
     return entries
+
+
+@dataclass(frozen=True)
+class SearchMatch:
+    """Where a task's search hit is: the field, and its text split around the matching part.
+
+    The template writes ``before``, ``<mark>match</mark>`` and ``after`` as three escaped
+    strings, so no user text is ever marked safe.
+    """
+
+    field: str
+    before: str
+    match: str
+    after: str
+    clipped_start: bool
+    clipped_end: bool
+
+
+SEARCH_CONTEXT = 40
+
+
+def search_match(term: str | None, error: str | None, payload: Any) -> SearchMatch | None:
+    """The first case-insensitive occurrence of ``term`` in the error, else in the payload's JSON.
+
+    ``None`` when neither contains it (the task matched by id, or the database's text form of
+    the payload differs from ours).
+    """
+    if not term:
+        return None
+    pattern = re.compile(re.escape(term), re.IGNORECASE)
+    payload_text = json.dumps(payload, ensure_ascii=False, sort_keys=True) if payload is not None else None
+    for name, text in (("error", error), ("payload", payload_text)):
+        if not text:
+            continue
+        found = pattern.search(text)
+        if found is None:
+            continue
+        start = max(0, found.start() - SEARCH_CONTEXT)
+        end = min(len(text), found.end() + SEARCH_CONTEXT)
+        return SearchMatch(name, text[start:found.start()], found.group(0), text[found.end():end],
+                           start > 0, end < len(text))
+    return None
+
+
+def payload_fields(payload_type: Any) -> list[tuple[str, str, bool]]:
+    """A dataclass payload type's fields as (name, type, required), for the edit form's hint."""
+    if payload_type is None or not dataclasses.is_dataclass(payload_type):
+        return []
+    hints = typing.get_type_hints(payload_type)
+    fields = []
+    for spec in dataclasses.fields(payload_type):
+        if not spec.init:
+            continue
+        annotation = hints.get(spec.name, Any)
+        type_name = annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+        required = spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
+        fields.append((spec.name, type_name, required))
+    return fields
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The task list's URL parameters: parsed into a ``TaskFilter``, and written back canonically.
 
 Names follow the JSON API (``task_type``, ``status`` repeatable and in capitals,
-``created_by``, ``created_after``, ``created_before``, ``limit``, ``cursor``) plus the console's
-``priority_min``, ``priority_max`` and ``id``. A bad value is reported by field and keeps the
+``created_by``, ``created_after``, ``created_before``, ``search``, ``limit``, ``cursor``) plus the
+console's ``priority_min``, ``priority_max`` and ``id``. A bad value is reported by field and keeps the
 text the operator typed, so nothing they entered is lost.
 """
 
@@ -28,6 +28,7 @@ from ..tasks.service import (
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+MAX_SEARCH = 200
 
 
 @dataclass
@@ -64,6 +65,8 @@ class TaskQuery:
             params.append(("created_before", iso(f.created_before) or ""))
         if f.task_id is not None:
             params.append(("id", str(f.task_id)))
+        if f.search:
+            params.append(("search", f.search))
         if self.limit != DEFAULT_LIMIT:
             params.append(("limit", str(self.limit)))
         return params
@@ -110,7 +113,8 @@ def parse_task_query(args: MultiDict[str, str]) -> TaskQuery:
     query = TaskQuery()
     errors = query.errors
     form: dict[str, Any] = {name: (args.get(name) or "").strip() for name in (
-        "task_type", "priority_min", "priority_max", "created_by", "created_after", "created_before", "id")}
+        "task_type", "priority_min", "priority_max", "created_by", "created_after", "created_before", "id",
+        "search")}
     values: dict[str, Any] = {}
 
     statuses: list[str] = []
@@ -151,6 +155,11 @@ def parse_task_query(args: MultiDict[str, str]) -> TaskQuery:
             values["task_id"] = validate_task_id(form["id"].lstrip("#"), "id")
         except ValidationError as exc:
             errors["id"] = exc.message
+    if form["search"]:
+        if len(form["search"]) > MAX_SEARCH:
+            errors["search"] = f"search must be at most {MAX_SEARCH} characters"
+        else:
+            values["search"] = form["search"]
     if values.get("priority_min") is not None and values.get("priority_max") is not None \
             and values["priority_min"] > values["priority_max"]:
         errors["priority_max"] = "priority_max must not be below priority_min"

@@ -7,6 +7,7 @@ Each page is one route serving both the full page and, for htmx, the fragment na
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import (
@@ -28,11 +29,12 @@ from ..extensions import db
 from ..tasks import stats
 from ..tasks.bulk import BulkOperations, BulkPreview, Selection, parse_action
 from ..tasks.errors import InvalidTransition, TaskError, TaskNotFound, ValidationError
+from ..tasks.lineage import lineage_of
 from ..tasks.models import AsyncTask, utcnow
 from ..tasks.serialize import task_to_dict
-from ..tasks.service import AsyncTaskService, TaskPage, validate_task_id
-from .auth import actor_name, current_user, is_htmx, no_store, require_login, requires
-from .presenters import attempts, throughput_chart, timeline
+from ..tasks.service import ALL_TYPES, AsyncTaskService, TaskPage, validate_task_id
+from .auth import actor_name, current_user, is_htmx, no_store, require_login, requires, safe_next
+from .presenters import attempts, payload_fields, search_match, throughput_chart, timeline
 from .task_query import TaskQuery, parse_task_query
 
 bp = Blueprint("console", __name__)
@@ -112,13 +114,26 @@ def redis_state() -> str:
     return "connected" if engine.locks.ping() else "unreachable"
 
 
+def claiming_state() -> dict[str, Any]:
+    """Which task types workers do not claim: ``all`` (the '*' switch) and the paused types."""
+    paused = AsyncTaskService().paused_task_types()
+    return {"all": ALL_TYPES in paused, "types": sorted(t for t in paused if t != ALL_TYPES)}
+
+
+def can_operate() -> bool:
+    """Whether the current user may change tasks (operator or admin)."""
+    user = current_user()
+    return user is not None and user.can(Role.OPERATOR)
+
+
 @bp.get("/")
 def overview() -> Response:
     """Counts per status, outcomes per minute (chart), queue age, workers, Redis; polled live."""
     data = stats.overview()
     return render("overview.html", {"overview-live": "partials/overview_live.html"},
                   data=data, chart=throughput_chart(data.throughput), redis=redis_state(),
-                  consumer_redis_ok=current_app.extensions["async_task"].redis_ok)
+                  consumer_redis_ok=current_app.extensions["async_task"].redis_ok,
+                  claiming=claiming_state(), can_operate=can_operate())
 
 
 # -- task list -------------------------------------------------------------------------------
@@ -141,9 +156,12 @@ def _task_list_context(query: TaskQuery) -> dict[str, Any]:
         page = AsyncTaskService().list_tasks(query.filters, query.limit, query.cursor)
     live = any(not stats.is_terminal(task.status) for task in page.items)
     user = current_user()
+    search = query.filters.search
     return {
         "query": query,
         "page": page,
+        "matches": {task.id: search_match(search, task.error, task.payload) for task in page.items}
+        if search else {},
         "live": live,
         "selected": _selected_ids(),
         "can_operate": user is not None and user.can(Role.OPERATOR),
@@ -200,6 +218,8 @@ def _detail_context(task: AsyncTask, message: str | None = None, level: str = "i
         # A running task can only be asked to stop, once.
         "can_request_cancel": task.status == "PROCESSING" and task.cancel_requested_at is None,
         "can_retry": task.status == "FAILURE",
+        "can_resubmit": task.status in RESUBMITTABLE,
+        "lineage": lineage_of(task, events),
         "message": message,
         "level": level,
         # The live part's poll also refreshes the fields table, out of band.
@@ -259,6 +279,56 @@ def cancel_task(task_id: int) -> Response:
 def retry_task(task_id: int) -> Response:
     """Send a FAILURE task back to PENDING (operator)."""
     return _transition(task_id, "retry")
+
+
+# -- edit and retry ----------------------------------------------------------------------------
+
+RESUBMITTABLE = ("FAILURE", "CANCELLED")
+
+
+def _edit_retry_page(task: AsyncTask, payload_text: str, error: str | None = None,
+                     error_field: str | None = None, status: int = 200) -> Response:
+    processor = current_app.extensions["async_task"].registry.get(task.task_type)
+    payload_type = getattr(processor, "payload_type", None) if processor is not None else None
+    return make_response(render_template(
+        "edit_retry.html", task=task, payload_text=payload_text, error=error, error_field=error_field,
+        payload_type=getattr(payload_type, "__name__", None), payload_fields=payload_fields(payload_type),
+        can_resubmit=task.status in RESUBMITTABLE), status)
+
+
+@bp.get("/tasks/<int:task_id>/edit-retry")
+@requires(Role.OPERATOR)
+def edit_retry_form(task_id: int) -> Response:
+    """The payload of a FAILURE or CANCELLED task in an editor, to resubmit it as a new task."""
+    task = _load_task(task_id)
+    status = 200 if task.status in RESUBMITTABLE else 409
+    return _edit_retry_page(task, json.dumps(task.payload, indent=2, ensure_ascii=False, sort_keys=True),
+                            status=status)
+
+
+@bp.post("/tasks/<int:task_id>/edit-retry")
+@requires(Role.OPERATOR)
+def edit_retry(task_id: int) -> Response:
+    """Resubmit the edited payload as a new task linked to this one; errors keep the typed text."""
+    task = _load_task(task_id)
+    text = request.form.get("payload", "")
+    try:
+        payload = json.loads(text)
+    except ValueError as exc:
+        problem = getattr(exc, "msg", str(exc))
+        where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+        return _edit_retry_page(task, text, f"The payload is not valid JSON: {problem}{where}.",
+                                "payload", 400)
+    db.session.rollback()
+    try:
+        new_task = AsyncTaskService().resubmit_task(task_id, payload, actor=actor_name())
+    except InvalidTransition as exc:
+        return _edit_retry_page(_load_task(task_id), text, exc.message, None, 409)
+    except ValidationError as exc:
+        db.session.rollback()
+        return _edit_retry_page(task, text, exc.message, exc.field or "payload", 422)
+    flash(f"Task {new_task.id} created from task {task_id} with the edited payload.", "info")
+    return make_response(redirect(url_for("console.task_detail", task_id=new_task.id)), 303)
 
 
 # -- bulk --------------------------------------------------------------------------------------
@@ -328,7 +398,8 @@ def task_types() -> Response:
     """Registered processors with their retry policy and task counts per status."""
     registry = current_app.extensions["async_task"].registry
     counts = stats.counts_by_type()
-    paused = set(AsyncTaskService().paused_task_types())
+    claiming = claiming_state()
+    paused = set(claiming["types"])
     user = current_user()
     processors = []
     for processor in registry:
@@ -339,25 +410,30 @@ def task_types() -> Response:
             "retry": processor.get_retry_config(),
             "payload_type": getattr(processor.payload_type, "__name__", None),
             "counts": counts.pop(task_type, None),
-            "paused": task_type in paused or "*" in paused,  # '*': everything paused (CLI)
+            # Its own switch; the '*' switch (everything paused) is shown above the table.
+            "paused": task_type in paused,
         })
-    return render("task_types.html", {}, processors=processors, unregistered=counts,
+    return render("task_types.html", {}, processors=processors, unregistered=counts, claiming=claiming,
                   can_operate=user is not None and user.can(Role.OPERATOR))
 
 
 @bp.post("/task-types/<task_type>/<any(pause, resume):action>")
 @requires(Role.OPERATOR)
 def pause_or_resume_task_type(task_type: str, action: str) -> Response:
-    """Stop or restart claiming one task type (submissions keep queueing while paused)."""
+    """Stop or restart claiming one task type, or every type with ``*`` (submissions keep queueing)."""
     service = AsyncTaskService()
     db.session.rollback()
+    everything = task_type == ALL_TYPES
     if action == "pause":
         service.pause_task_type(task_type, actor=actor_name())
-        flash(f"{task_type} paused: workers claim none of its tasks until it is resumed.", "info")
+        flash("Every task type paused: workers claim nothing until claiming is resumed." if everything
+              else f"{task_type} paused: workers claim none of its tasks until it is resumed.", "info")
     else:
         service.resume_task_type(task_type, actor=actor_name())
-        flash(f"{task_type} resumed.", "info")
-    return make_response(redirect(url_for("console.task_types")), 303)
+        flash("Claiming resumed for every task type that is not paused on its own." if everything
+              else f"{task_type} resumed.", "info")
+    target = safe_next(request.form.get("next")) if request.form.get("next") else url_for("console.task_types")
+    return make_response(redirect(target), 303)
 
 
 @bp.get("/audit")
