@@ -81,19 +81,23 @@
       pad(date.getUTCHours()) + ":" + pad(date.getUTCMinutes()) + ":" + pad(date.getUTCSeconds()) + " UTC";
   }
 
+  // ISO-like order whatever the language ("2026-01-01 20:00:00 GMT+8"), like the server's UTC text.
   var formatter = null;
   function localText(date) {
     if (!formatter) {
       try {
         formatter = new Intl.DateTimeFormat(document.documentElement.lang || undefined, {
           year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
-          second: "2-digit", hourCycle: "h23", timeZoneName: "short"
+          second: "2-digit", hourCycle: "h23", timeZoneName: "short", numberingSystem: "latn"
         });
       } catch (e) {
-        formatter = { format: function (d) { return d.toString(); } };
+        return date.toString();
       }
     }
-    return formatter.format(date);
+    var parts = {};
+    formatter.formatToParts(date).forEach(function (part) { parts[part.type] = part.value; });
+    return parts.year + "-" + parts.month + "-" + parts.day + " " + parts.hour + ":" + parts.minute + ":" +
+      parts.second + (parts.timeZoneName ? " " + parts.timeZoneName : "");
   }
 
   function localizeTimes(root) {

@@ -80,6 +80,16 @@ def _log_format(value: Any) -> str:
     return text
 
 
+def _mail_language(value: Any) -> str:
+    """The default notification mail's language: ``en`` or ``zh_Hans`` (``zh``, ``zh-CN`` accepted)."""
+    text = str(value).strip().replace("-", "_").lower()
+    if text in ("en", "en_us", "en_gb"):
+        return "en"
+    if text in ("zh", "zh_hans", "zh_cn", "zh_sg"):
+        return "zh_Hans"
+    raise ValueError("expected en or zh_Hans")
+
+
 # name -> (parser, default). Every ASYNC_TASK_* setting the engine reads is listed here.
 SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "ASYNC_TASK_CONSUMER_ENABLED": (_parse_bool, True),
@@ -100,6 +110,7 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "ASYNC_TASK_NOTIFY_CONCURRENCY": (_positive_int, 2),
     "ASYNC_TASK_WEBHOOK_SECRET": (_optional_str, None),
     "ASYNC_TASK_WEBHOOK_ALLOW_PRIVATE": (_parse_bool, False),
+    "ASYNC_TASK_MAIL_LANGUAGE": (_mail_language, "en"),
     "REDIS_URL": (_optional_str, None),
     # Operations (docs/deploy.md): log format, /metrics bearer token, a direct URL for LISTEN.
     "ASYNC_TASK_LOG_FORMAT": (_log_format, "text"),

@@ -50,11 +50,17 @@ class BrowserProblems:
 
 
 @pytest.fixture(scope="module")
-def live_console(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveConsole]:
-    """A console served on 127.0.0.1 (random port) with a consumer running tasks in-process."""
+def live_console(request: pytest.FixtureRequest, sqlite_template: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveConsole]:
+    """A console served on 127.0.0.1 (random port) with a consumer running tasks in-process.
+
+    A test module may set ``CONSOLE_PROCESSORS`` to load other processors than the tests' own.
+    """
     database = tmp_path_factory.mktemp("browser") / "console.sqlite3"
     shutil.copyfile(sqlite_template, database)
-    app = create_app(base_config(SQLALCHEMY_DATABASE_URI=f"sqlite:///{database}", ASYNC_TASK_POLL_INTERVAL=0.2))
+    processors = getattr(request.module, "CONSOLE_PROCESSORS", ["tests.processors"])
+    app = create_app(base_config(SQLALCHEMY_DATABASE_URI=f"sqlite:///{database}", ASYNC_TASK_POLL_INTERVAL=0.2,
+                                 ASYNC_TASK_PROCESSORS=processors))
     add_user(app, OPERATOR, "operator")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     consumer = Consumer(app, concurrency=2, poll_interval=0.2).start()
@@ -94,10 +100,13 @@ def browser() -> Iterator[Any]:
 
 
 def open_context(browser: Any, live_console: LiveConsole, problems: BrowserProblems,
-                 javascript: bool = True) -> Any:
-    """A fresh browser context that records dialogs and console errors on every page."""
+                 javascript: bool = True, **options: Any) -> Any:
+    """A fresh browser context that records dialogs and console errors on every page.
+
+    ``options`` go to Playwright's ``new_context`` (``locale``, ``color_scheme``, ``timezone_id``).
+    """
     context = browser.new_context(base_url=live_console.url, viewport={"width": 1280, "height": 900},
-                                  java_script_enabled=javascript)
+                                  java_script_enabled=javascript, **options)
     context.set_default_timeout(15_000)
 
     def watch(page: Any) -> None:
@@ -122,7 +131,7 @@ def log_in(page: Any, username: str = OPERATOR, password: str = PASSWORD) -> Non
     page.goto("/login")
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", password)
-    page.click("form button[type=submit]")
+    page.click(".login form button[type=submit]")
     page.wait_for_selector("#overview-live")
 
 

@@ -16,6 +16,7 @@ from .admin import bp as admin_bp
 from .auth import bp as auth_bp
 from .auth import load_current_user
 from .formatting import register as register_formatting
+from .i18n import init_i18n
 from .views import bp as views_bp
 
 # No inline script or style anywhere: htmx and our own script are static files, and htmx's
@@ -51,6 +52,7 @@ def init_console(app: Flask) -> None:
     app.register_blueprint(views_bp)
     app.register_blueprint(admin_bp)
     register_formatting(app)
+    init_i18n(app)
     app.before_request(load_current_user)
     app.after_request(add_security_headers)
 

@@ -186,10 +186,25 @@ def recipient_problem(request: NotificationRequest) -> str | None:
     return None
 
 
+# The default mail's subject per ASYNC_TASK_MAIL_LANGUAGE; its body is email/task_finished[.LANG].*
+MAIL_SUBJECTS = {
+    "en": ("Task {task_type} #{id} succeeded", "Task {task_type} #{id} failed"),
+    "zh_Hans": ("任务 {task_type} #{id} 已成功", "任务 {task_type} #{id} 失败"),
+}
+MAIL_OUTCOMES = {"en": ("succeeded", "failed"), "zh_Hans": ("已成功完成", "执行失败")}
+
+
 def default_email(task: AsyncTask, status: str, result: TaskResult) -> NotificationRequest:
-    """The mail a creator gets when the processor builds none (templates under templates/email/)."""
+    """The mail a creator gets when the processor builds none (templates under templates/email/).
+
+    Written in ``ASYNC_TASK_MAIL_LANGUAGE`` (``en`` by default, or ``zh_Hans``): creators are
+    addresses, not console users, so there is no per-person preference to consult.
+    """
     succeeded = status == TaskStatus.SUCCESS.value
-    outcome = "succeeded" if succeeded else "failed"
+    language = current_app.config.get("ASYNC_TASK_MAIL_LANGUAGE") or "en"
+    if language not in MAIL_SUBJECTS:
+        language = "en"
+    outcome = MAIL_OUTCOMES[language][0 if succeeded else 1]
     base_url = str(current_app.config.get("ASYNC_TASK_BASE_URL", "")).rstrip("/")
     context = {
         "task": task,
@@ -201,12 +216,13 @@ def default_email(task: AsyncTask, status: str, result: TaskResult) -> Notificat
         "link": f"{base_url}/tasks/{task.id}",
     }
     env = current_app.jinja_env
+    template = DEFAULT_TEMPLATE if language == "en" else f"{DEFAULT_TEMPLATE}.{language}"
     # Rendered straight from the environment: no request here, so no context processors.
-    content = env.get_template(f"{DEFAULT_TEMPLATE}.txt").render(**context)
-    html = env.get_template(f"{DEFAULT_TEMPLATE}.html").render(**context)
+    content = env.get_template(f"{template}.txt").render(**context)
+    html = env.get_template(f"{template}.html").render(**context)
+    subject = MAIL_SUBJECTS[language][0 if succeeded else 1].format(task_type=task.task_type, id=task.id)
     return NotificationRequest(NotificationType.EMAIL, task.created_by or "",
-                               subject=f"Task {task.task_type} #{task.id} {outcome}",
-                               content=content, html=html)
+                               subject=subject, content=content, html=html)
 
 
 def _result_text(data: Any) -> str | None:
