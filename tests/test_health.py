@@ -14,6 +14,7 @@ from flask import Flask
 from tests.conftest import base_config
 from tests.smtp_server import SilentServer, SMTPServer, free_port
 from webapp import create_app
+from webapp.extensions import db
 
 NOBODY = "127.0.0.1"
 
@@ -103,3 +104,22 @@ def test_operations_endpoints_need_no_login(make_app):
     for path in ("/healthz", "/readyz", "/metrics"):
         response = client.get(path)
         assert response.status_code == 200, (path, response.status_code, response.headers.get("Location"))
+
+
+@pytest.mark.parametrize("query, expected", [("none", None), ("0", 0)])
+def test_prepare_threshold_in_the_database_url_reaches_psycopg(pg_url, query, expected):
+    """For PgBouncer < 1.21 in transaction mode (docs/deploy.md): ``?prepare_threshold=none``."""
+    app = create_app(base_config(SQLALCHEMY_DATABASE_URI=f"{pg_url}?prepare_threshold={query}",
+                                 MAIL_SERVER=None))
+    try:
+        for _ in range(7):  # past psycopg's default threshold of 5 runs
+            assert app.test_client().get("/readyz").status_code == 200
+        with app.app_context():
+            connection = db.engine.raw_connection()
+            try:
+                assert connection.driver_connection.prepare_threshold == expected
+            finally:
+                connection.close()
+    finally:
+        with app.app_context():
+            db.engine.dispose()

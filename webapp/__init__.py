@@ -9,6 +9,7 @@ from typing import Any
 
 from dotenv import load_dotenv
 from flask import Flask
+from sqlalchemy.engine import make_url
 
 from .config import ConfigError, load_settings
 from .extensions import csrf, db, mail, migrate
@@ -91,8 +92,15 @@ def _engine_options(config: dict[str, Any]) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}
     threads = int(config["ASYNC_TASK_CONCURRENCY"])
-    return {"pool_pre_ping": True, "pool_size": max(5, threads + 3), "max_overflow": 10,
-            "pool_recycle": 1800}
+    options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": max(5, threads + 3), "max_overflow": 10,
+                               "pool_recycle": 1800}
+    # PgBouncer before 1.21 in transaction mode cannot keep psycopg's server-side prepared
+    # statements: "?prepare_threshold=none" in DATABASE_URL turns them off (docs/deploy.md).
+    threshold = make_url(url).query.get("prepare_threshold")
+    if isinstance(threshold, str):
+        off = threshold.strip().lower() in ("", "none", "off")
+        options["connect_args"] = {"prepare_threshold": None if off else int(threshold)}
+    return options
 
 
 def _instance_secret_key(instance_path: str) -> str:

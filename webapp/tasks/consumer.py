@@ -545,6 +545,7 @@ class Consumer:
         direct = self.app.config.get("ASYNC_TASK_LISTEN_DATABASE_URL")
         with self.app.app_context():
             engine_url = make_url(direct) if direct else db.engine.url
+            engine_url = engine_url.difference_update_query(["prepare_threshold"])  # not a libpq key
             url = engine_url.set(drivername="postgresql").render_as_string(hide_password=False)
         while not self._stopping.is_set():
             try:
