@@ -408,6 +408,10 @@ def build_openapi(registry: ProcessorRegistry, max_body_bytes: int | None = None
                             "paused": {"type": "boolean"},
                             "retry": {"type": "object"},
                             "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+                            "counts_are_estimates": {
+                                "type": "boolean",
+                                "description": "true when a count above the exact-count limit is a "
+                                               "sample estimate (large PostgreSQL tables)"},
                         },
                     }}}},
                 "Error": error_schema(),

@@ -12,6 +12,7 @@ from datetime import timedelta
 from flask import Flask, Response
 
 from ..accounts.users import LoginThrottle
+from . import notifications  # noqa: F401  (adds /notifications to the console blueprint)
 from .admin import bp as admin_bp
 from .auth import bp as auth_bp
 from .auth import load_current_user

@@ -138,6 +138,15 @@ class AsyncTask(db.Model):  # type: ignore[name-defined,misc]
         ),
         Index("ix_async_task_status_id", "status", "id"),
         Index("ix_async_task_type_status_id", "task_type", "status", "id"),
+        # The console's type filter, newest first (migration 0003).
+        Index("ix_async_task_type_id", "task_type", "id"),
+        # Oldest waiting task and how many are due, read from its start (migration 0003).
+        Index(
+            "ix_async_task_waiting_next_run",
+            "next_run_at",
+            postgresql_where=text("status IN ('PENDING', 'RETRYING')"),
+            sqlite_where=text("status IN ('PENDING', 'RETRYING')"),
+        ),
         Index("ix_async_task_created_by_id", "created_by", "id"),
         Index("ix_async_task_created_at", "created_at"),
         Index("ix_async_task_finished_at", "finished_at"),
@@ -250,6 +259,9 @@ class Notification(db.Model):  # type: ignore[name-defined,misc]
             sqlite_where=text("status = 'PENDING'"),
         ),
         Index("ix_notification_status_id", "status", "id"),
+        # The console's recipient filter; a hash index, since a URL recipient can outgrow a
+        # btree entry (migration 0003).
+        Index("ix_notification_recipient", "recipient", postgresql_using="hash"),
     )
 
 

@@ -1231,18 +1231,22 @@ class AsyncTaskService:
         return total
 
     def task_type_overview(self) -> list[dict[str, Any]]:
-        """Every registered task type with its retry policy, pause state and counts per status."""
-        counts: dict[str, dict[str, int]] = {}
-        for task_type, status, count in self.session.execute(
-                select(AsyncTask.task_type, AsyncTask.status, func.count())
-                .group_by(AsyncTask.task_type, AsyncTask.status)):
-            counts.setdefault(task_type, {})[status] = count
+        """Every registered task type with its retry policy, pause state and counts per status.
+
+        Counts are exact up to ``stats.EXACT_COUNT_LIMIT`` and estimated beyond (PostgreSQL), so
+        the call stays fast on a table of millions; ``counts_are_estimates`` says which it is.
+        """
+        from .stats import type_status_counts_at_scale
+
+        counts = type_status_counts_at_scale(session=self.session)
         paused = set(self.paused_task_types())
         overview = []
         for processor in self.registry:
             task_type = processor.get_task_type()
             config = processor.get_retry_config()
-            per_status = {status.value: counts.get(task_type, {}).get(status.value, 0) for status in TaskStatus}
+            type_counts = counts.get(task_type)
+            per_status = {status.value: type_counts.get(status.value, 0) if type_counts else 0
+                          for status in TaskStatus}
             overview.append({
                 "task_type": task_type,
                 "paused": task_type in paused or ALL_TYPES in paused,
@@ -1250,6 +1254,7 @@ class AsyncTaskService:
                           "base_interval": config.base_interval, "max_delay": config.max_delay,
                           "jitter": config.jitter},
                 "counts": per_status,
+                "counts_are_estimates": bool(type_counts is not None and type_counts.estimated),
             })
         return overview
 

@@ -1,15 +1,24 @@
 """Read-only queries for dashboards: throughput, queue age, workers, per-type counts, audit.
 
 Nothing here changes a row. The console calls these; they know nothing of HTTP.
+
+Counting at scale: a page must not count every row of a table with millions of them. The
+``*_counts_at_scale`` functions count each group exactly up to ``EXACT_COUNT_LIMIT`` rows (one
+index range read, never longer than the limit) and estimate only the groups beyond it, from a
+fixed sample of the table's pages (``TABLESAMPLE SYSTEM ... REPEATABLE``): fresh at every call,
+unlike the planner's statistics that change only on ANALYZE, and always the same pages, so the
+figure does not jitter between polls. The groups estimated are named in ``Counts.estimated`` and
+the console labels them "≈". SQLite (embedded scale) counts everything exactly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, cast, extract, func, literal, select
+from sqlalchemy import Integer, bindparam, cast, extract, func, literal, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -20,6 +29,7 @@ from .models import (
     AsyncTask,
     AuditEntry,
     Notification,
+    NotificationStatus,
     TaskStatus,
     UTCDateTime,
     Worker,
@@ -27,6 +37,30 @@ from .models import (
 )
 
 MISSED_HEARTBEATS = 3  # the same rule as the recovery sweep: three missed beats mean dead
+
+# Groups up to this many rows are counted exactly; larger ones are estimated (and labelled so).
+EXACT_COUNT_LIMIT = 1_000
+# Pages of the table read for an estimate: a few milliseconds whatever the table's size.
+SAMPLE_PAGES = 400
+# A fixed seed: every call samples the same pages, so an estimate moves only when rows change.
+SAMPLE_SEED = 20261128
+
+
+class Counts(dict[str, int]):
+    """Counts by status, every status present; ``estimated`` names those that are estimates.
+
+    Exact counts are exact at the moment of reading; an estimate is the group's share of a page
+    sample scaled to the table, never below ``EXACT_COUNT_LIMIT + 1`` (the exact count got there).
+    """
+
+    def __init__(self, values: Mapping[str, int], estimated: Iterable[str] = ()) -> None:
+        super().__init__(values)
+        self.estimated = frozenset(estimated)
+
+    @property
+    def any_estimated(self) -> bool:
+        """Whether any count is an estimate."""
+        return bool(self.estimated)
 
 
 @dataclass(frozen=True)
@@ -77,6 +111,7 @@ class Overview:
     due_now: int
     workers: WorkerSummary
     at: datetime
+    due_now_more: bool = False  # more than ``due_now`` are due: counting stopped at the limit
 
 
 def _session() -> Session:
@@ -93,9 +128,139 @@ def status_counts(task_type: str | None = None) -> dict[str, int]:
     return counts
 
 
-def counts_by_type() -> dict[str, dict[str, int]]:
-    """Task type -> status -> count, for every type that has rows."""
-    rows = _session().execute(
+def _is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _exact_up_to_limit(session: Session, table: str, columns: Sequence[str],
+                       groups: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], int]:
+    """Each group's row count, exact up to ``EXACT_COUNT_LIMIT`` (a larger one reads limit + 1).
+
+    One statement; per group an index range read that stops at the limit (indexes on
+    ``(status, id)`` and ``(task_type, status, id)`` serve it).
+    """
+    if not groups:
+        return {}
+    arrays = ", ".join(f"CAST(:g{i} AS text[])" for i in range(len(columns)))
+    names = ", ".join(f"g{i}" for i in range(len(columns)))
+    match = " AND ".join(f"t.{column} = g.g{i}" for i, column in enumerate(columns))
+    statement = text(
+        f"SELECT {names}, (SELECT count(*) FROM (SELECT 1 FROM {table} AS t WHERE {match} "
+        f"LIMIT :limit) AS capped) FROM unnest({arrays}) AS g({names})")
+    params: dict[str, Any] = {"limit": EXACT_COUNT_LIMIT + 1}
+    for i in range(len(columns)):
+        params[f"g{i}"] = [group[i] for group in groups]
+    return {tuple(row[:-1]): int(row[-1]) for row in session.execute(statement, params)}
+
+
+def _sampled_estimates(session: Session, table: str, columns: Sequence[str]) -> dict[tuple[str, ...], int]:
+    """Rows per group estimated from about ``SAMPLE_PAGES`` pages of ``table`` (PostgreSQL).
+
+    A group's share of the sampled rows times the table's rows now: the rows per page of the
+    last VACUUM/ANALYZE times the pages the table has now, as the planner reckons it (or, for a
+    table never analysed, the sampled rows scaled by the sampled fraction).
+    """
+    names = ", ".join(columns)
+    percent = ("LEAST(100, :pages * 100.0 / GREATEST(1, pg_relation_size(:table)"
+               " / current_setting('block_size')::int))")
+    statement = text(
+        f"WITH counted AS (SELECT {names}, count(*) AS seen FROM {table}"
+        f"   TABLESAMPLE SYSTEM ({percent}) REPEATABLE (:seed) GROUP BY {names}),"
+        f" size AS (SELECT c.reltuples, c.relpages, {percent} AS percent,"
+        f"   pg_relation_size(:table) / current_setting('block_size')::int AS pages_now"
+        f"   FROM pg_class AS c WHERE c.oid = CAST(:table AS regclass))"
+        f" SELECT counted.*, size.reltuples, size.relpages, size.percent, size.pages_now"
+        f" FROM counted CROSS JOIN size")
+    rows = [tuple(row) for row in session.execute(
+        statement, {"pages": SAMPLE_PAGES, "table": table, "seed": SAMPLE_SEED})]
+    if not rows:
+        return {}
+    reltuples, relpages, percent_read, pages_now = rows[0][-4:]
+    sampled = sum(int(row[len(columns)]) for row in rows)
+    if reltuples is not None and reltuples >= 0 and relpages:
+        total = float(reltuples) / int(relpages) * int(pages_now)
+    else:
+        total = sampled * 100 / float(percent_read)
+    return {tuple(row[:len(columns)]): round(int(row[len(columns)]) / sampled * total) for row in rows}
+
+
+def _counts_at_scale(session: Session, table: str, columns: Sequence[str],
+                     groups: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], tuple[int, bool]]:
+    """group -> (count, is_estimate): exact up to the limit, estimated from a sample beyond."""
+    exact = _exact_up_to_limit(session, table, columns, groups)
+    over = [group for group, count in exact.items() if count > EXACT_COUNT_LIMIT]
+    estimates = _sampled_estimates(session, table, columns) if over else {}
+    result = {group: (count, False) for group, count in exact.items()}
+    for group in over:
+        result[group] = (max(EXACT_COUNT_LIMIT + 1, estimates.get(group, 0)), True)
+    return result
+
+
+def status_counts_at_scale() -> Counts:
+    """Tasks per status for the console: exact when small, sample estimates beyond the limit."""
+    session = _session()
+    if not _is_postgres(session):
+        return Counts(status_counts())
+    found = _counts_at_scale(session, "async_task", ["status"], [(s.value,) for s in TaskStatus])
+    return Counts({group[0]: count for group, (count, _) in found.items()},
+                  [group[0] for group, (_, estimated) in found.items() if estimated])
+
+
+def task_types_present(session: Session | None = None) -> list[str]:
+    """Every task type that has rows, sorted; one index probe per type (a loose index scan)."""
+    session = session or _session()
+    if not _is_postgres(session):
+        return list(session.scalars(select(AsyncTask.task_type).distinct().order_by(AsyncTask.task_type)))
+    statement = text(
+        "WITH RECURSIVE types(task_type) AS ("
+        " (SELECT task_type FROM async_task ORDER BY task_type LIMIT 1)"
+        " UNION ALL"
+        " SELECT (SELECT a.task_type FROM async_task AS a WHERE a.task_type > types.task_type"
+        "         ORDER BY a.task_type LIMIT 1) FROM types WHERE types.task_type IS NOT NULL)"
+        " SELECT task_type FROM types WHERE task_type IS NOT NULL")
+    return [row[0] for row in session.execute(statement)]
+
+
+def type_status_counts_at_scale(extra_types: Iterable[str] = (),
+                                session: Session | None = None) -> dict[str, Counts]:
+    """Task type -> counts per status, for every type with rows (and ``extra_types``).
+
+    Like ``status_counts_at_scale``: each (type, status) exact up to the limit, else estimated.
+    """
+    session = session or _session()
+    if not _is_postgres(session):
+        exact = counts_by_type(session)
+        for task_type in extra_types:
+            exact.setdefault(task_type, {s.value: 0 for s in TaskStatus})
+        return {task_type: Counts(values) for task_type, values in exact.items()}
+    types = sorted(set(task_types_present(session)) | set(extra_types))
+    groups = [(task_type, status.value) for task_type in types for status in TaskStatus]
+    found = _counts_at_scale(session, "async_task", ["task_type", "status"], groups)
+    result: dict[str, Counts] = {}
+    for task_type in types:
+        values = {status.value: found[(task_type, status.value)][0] for status in TaskStatus}
+        estimated = [status.value for status in TaskStatus if found[(task_type, status.value)][1]]
+        result[task_type] = Counts(values, estimated)
+    return result
+
+
+def notification_status_counts_at_scale() -> Counts:
+    """Notifications per status: exact when small, sample estimates beyond the limit."""
+    session = _session()
+    statuses = [status.value for status in NotificationStatus]
+    if not _is_postgres(session):
+        counts = dict.fromkeys(statuses, 0)
+        counts.update({status: int(count) for status, count in session.execute(
+            select(Notification.status, func.count()).group_by(Notification.status))})
+        return Counts(counts)
+    found = _counts_at_scale(session, "notification", ["status"], [(status,) for status in statuses])
+    return Counts({group[0]: count for group, (count, _) in found.items()},
+                  [group[0] for group, (_, estimated) in found.items() if estimated])
+
+
+def counts_by_type(session: Session | None = None) -> dict[str, dict[str, int]]:
+    """Task type -> status -> count, for every type that has rows (exact: reads every row)."""
+    rows = (session or _session()).execute(
         select(AsyncTask.task_type, AsyncTask.status, func.count())
         .group_by(AsyncTask.task_type, AsyncTask.status))
     result: dict[str, dict[str, int]] = {}
@@ -144,16 +309,27 @@ def throughput(minutes: int = 60, now: datetime | None = None) -> Throughput:
     return Throughput(buckets)
 
 
+def _waiting() -> ColumnElement[bool]:
+    # Inline literals, not parameters: the planner then matches the partial indexes over
+    # waiting tasks (their predicate is this same IN list) whatever plan caching does.
+    return AsyncTask.status.in_(bindparam("waiting", list(WAITING_STATUSES), expanding=True,
+                                          literal_execute=True))
+
+
 def oldest_due(now: datetime | None = None) -> tuple[timedelta | None, int]:
-    """How long the oldest due waiting task has waited, and how many waiting tasks are due."""
+    """How long the oldest due waiting task has waited, and how many waiting tasks are due.
+
+    The count stops at ``EXACT_COUNT_LIMIT + 1`` (more than the limit are due); both reads
+    walk the waiting tasks' ``next_run_at`` index from its start, so a backlog costs nothing.
+    """
     now = now or utcnow()
-    row = _session().execute(
-        select(func.min(AsyncTask.next_run_at), func.count())
-        .where(AsyncTask.status.in_(WAITING_STATUSES), AsyncTask.next_run_at <= now)
-    ).one()
-    oldest, due = row
-    if oldest is None:
-        return None, int(due or 0)
+    session = _session()
+    oldest = session.scalar(select(func.min(AsyncTask.next_run_at)).where(_waiting()))
+    due_rows = (select(literal(1)).select_from(AsyncTask).where(_waiting(), AsyncTask.next_run_at <= now)
+                .limit(EXACT_COUNT_LIMIT + 1).subquery())
+    due = int(session.scalar(select(func.count()).select_from(due_rows)) or 0)
+    if oldest is None or due == 0:
+        return None, due
     if isinstance(oldest, str):  # SQLite aggregates can come back as text
         oldest = datetime.fromisoformat(oldest)
     if oldest.tzinfo is None:
@@ -189,8 +365,9 @@ def overview(minutes: int = 60) -> Overview:
     """Counts, throughput, queue age and workers for the overview page."""
     now = utcnow()
     age, due = oldest_due(now)
-    return Overview(counts=status_counts(), throughput=throughput(minutes, now), oldest_due_age=age,
-                    due_now=due, workers=worker_summary(now), at=now)
+    return Overview(counts=status_counts_at_scale(), throughput=throughput(minutes, now),
+                    oldest_due_age=age, due_now=min(due, EXACT_COUNT_LIMIT), workers=worker_summary(now),
+                    at=now, due_now_more=due > EXACT_COUNT_LIMIT)
 
 
 def notifications_for(task_id: int) -> list[Notification]:
