@@ -298,8 +298,11 @@ def main() -> None:
             pages = {k: v for k, v in pages.items() if any(part in k for part in args.only)}
         if args.explain:
             explain_pages(app, client, pages, args.db)
+        load_before = os.getloadavg()[0]
         times = measure(client, pages, args.samples)
-        print(f"\n{'page':48} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}  (n={args.samples})")
+        print(f"\nload average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; "
+              f"{os.cpu_count()} CPUs")
+        print(f"{'page':48} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}  (n={args.samples})")
         for label, values in times.items():
             print(f"{label:48} {statistics.median(values):8.1f} {percentile(values, 95):8.1f} "
                   f"{max(values):8.1f}")
