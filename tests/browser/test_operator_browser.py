@@ -227,3 +227,63 @@ def test_times_in_the_operator_zone_with_utc_on_hover(browser: Any, live_console
     finally:
         context.close()
     assert problems.page_errors == [] and problems.dialogs == []
+
+
+def test_chinese_console_after_switching(page: Any, browser: Any, live_console: LiveConsole) -> None:
+    failed = submit(live_console, "IMPORT_FILE", {"file": "订单.csv", "rows": 4, "seconds": 0.1, "fail_at_row": 2})
+    running = submit(live_console, "IMPORT_FILE", {"file": "客户.csv", "rows": 100, "seconds": 20})
+    wait_for_status(live_console, failed, "FAILURE")
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    page.select_option("#language-select", "zh_Hans")  # applied at once by console.js
+    expect(page.locator("html")).to_have_attribute("lang", "zh-Hans")
+    expect(page.locator("h1")).to_have_text("概览")
+    expect(page.locator("nav[aria-label='主导航']")).to_contain_text("任务")
+
+    page.click("nav >> text=任务")
+    page.wait_for_url(re.compile(r"/tasks$"))
+    expect(page.locator("h1")).to_have_text("任务")
+    expect(page.locator(f"#task-{failed} .badge")).to_have_text("失败")
+    expect(page.locator(f"#task-{failed}")).to_have_attribute("data-status", "FAILURE")
+    expect(page.get_by_role("progressbar", name=f"任务 {running} 的进度")).to_be_visible(timeout=10_000)
+    expect(page.locator(f"#task-{running} .badge")).to_have_text("处理中")
+    keep_screenshot(page, "zh")
+    page.goto(f"/tasks/{running}")
+    page.click("#cancel-button")  # 请求取消
+    expect(page.locator("#task-status")).to_have_text("已取消", timeout=10_000)
+    expect(page.locator("#timeline li[data-kind=CANCEL_REQUESTED] strong")).to_have_text("操作员请求取消")
+
+    # A browser that prefers Chinese gets it without switching, from the login page on.
+    problems = BrowserProblems()
+    context = open_context(browser, live_console, problems, locale="zh-CN")
+    try:
+        tab = context.new_page()
+        tab.goto("/login")
+        expect(tab.locator("h1")).to_have_text("登录")
+        expect(tab.get_by_label("用户名")).to_be_visible()
+    finally:
+        context.close()
+
+
+def test_dark_theme_follows_the_system_preference(browser: Any, live_console: LiveConsole) -> None:
+    for n in range(3):
+        submit(live_console, "NOOP", {"dark": n})
+    failed = submit(live_console, "IMPORT_FILE", {"file": "night.csv", "rows": 3, "seconds": 0.1, "fail_at_row": 3})
+    wait_for_status(live_console, failed, "FAILURE")
+    problems = BrowserProblems()
+    context = open_context(browser, live_console, problems, color_scheme="dark")
+    try:
+        tab = context.new_page()
+        log_in(tab)
+        tab.goto("/tasks")
+        background = tab.evaluate("getComputedStyle(document.body).backgroundColor")
+        red, green, blue = (int(part) for part in re.findall(r"\d+", background)[:3])
+        assert red + green + blue < 120, background
+        badge = tab.locator(f"#task-{failed} .badge")
+        assert badge.inner_text() == "FAILURE"  # the status is written out, not only coloured
+        tab.locator("#task-search").focus()
+        outline = tab.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+        assert outline != "none"
+        keep_screenshot(tab, "dark")
+    finally:
+        context.close()
+    assert problems.page_errors == []

@@ -14,6 +14,7 @@ from flask import (
     request,
     url_for,
 )
+from flask_babel import gettext
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
@@ -53,7 +54,7 @@ def create_user_view() -> Any:
         user = create_user(form["username"], request.form.get("password", ""), form["role"], actor=actor_name())
     except ValidationError as exc:
         return _users_page(422, form, exc.message)
-    flash(f"User {user.username} created with role {user.role}.", "info")
+    flash(gettext("User %(name)s created with role %(role)s.", name=user.username, role=user.role), "info")
     return redirect(url_for("admin.users"), 303)
 
 
@@ -63,12 +64,12 @@ def change_role(username: str) -> Any:
     """Change a user's role (not your own, so the last admin cannot lock everyone out)."""
     user = current_user()
     if user is not None and user.username == username:
-        return _users_page(409, error="You cannot change your own role.")
+        return _users_page(409, error=gettext("You cannot change your own role."))
     try:
         changed = set_user_role(username, request.form.get("role", ""), actor=actor_name())
     except ValidationError as exc:
         return _users_page(422, error=exc.message)
-    flash(f"{changed.username} is now {changed.role}.", "info")
+    flash(gettext("%(name)s is now %(role)s.", name=changed.username, role=changed.role), "info")
     return redirect(url_for("admin.users"), 303)
 
 
@@ -78,13 +79,14 @@ def change_active(username: str) -> Any:
     """Enable or disable a user's login (not your own)."""
     user = current_user()
     if user is not None and user.username == username:
-        return _users_page(409, error="You cannot disable yourself.")
+        return _users_page(409, error=gettext("You cannot disable yourself."))
     active = request.form.get("active") == "1"
     try:
         changed = set_user_active(username, active, actor=actor_name())
     except ValidationError as exc:
         return _users_page(422, error=exc.message)
-    flash(f"{changed.username} {'enabled' if active else 'disabled'}.", "info")
+    flash(gettext("%(name)s enabled.", name=changed.username) if active
+          else gettext("%(name)s disabled.", name=changed.username), "info")
     return redirect(url_for("admin.users"), 303)
 
 
@@ -121,5 +123,5 @@ def revoke_token(name: str) -> Any:
         api_tokens.revoke_token(name, actor=actor_name())
     except api_tokens.TokenError as exc:
         return _tokens_page(409, error=str(exc))
-    flash(f"Token {name} revoked.", "info")
+    flash(gettext("Token %(name)s revoked.", name=name), "info")
     return redirect(url_for("admin.tokens"), 303)

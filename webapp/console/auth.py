@@ -21,6 +21,7 @@ from flask import (
     session,
     url_for,
 )
+from flask_babel import gettext
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import Forbidden
 
@@ -61,7 +62,7 @@ bp.after_request(no_store)
 def login_csrf_error(exc: CSRFError) -> Any:
     """A login or logout form posted without a valid CSRF token (e.g. a stale tab): ask again."""
     return render_template("login.html", next_url="/", username="",
-                           error="The form expired. Please log in again."), 400
+                           error=gettext("The form expired. Please log in again.")), 400
 
 
 def _password_fingerprint(password_hash: str) -> str:
@@ -168,7 +169,7 @@ def login() -> Any:
         _audit_login(username, "throttled", {"wait_seconds": round(wait)})
         response = make_response(render_template(
             "login.html", next_url=next_url, username=username,
-            error=f"Too many failed logins. Try again in {int(wait) + 1} seconds."), 429)
+            error=gettext("Too many failed logins. Try again in %(seconds)s seconds.", seconds=int(wait) + 1)), 429)
         response.headers["Retry-After"] = str(int(wait) + 1)
         return response
     user = authenticate(username, password) if username and password else None
@@ -177,7 +178,7 @@ def login() -> Any:
         throttle.record_failure(request.remote_addr)
         _audit_login(username, "failed")
         return render_template("login.html", next_url=next_url, username=username,
-                               error="Invalid username or password."), 401
+                               error=gettext("Invalid username or password.")), 401
     identity = CurrentUser(user.id, user.username, user.role)
     fingerprint = _password_fingerprint(user.password_hash)
     db.session.rollback()

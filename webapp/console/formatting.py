@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask
+from flask_babel import gettext
 
 from ..tasks.models import TERMINAL_STATUSES, TaskStatus, utcnow
 from ..tasks.serialize import iso
@@ -56,8 +57,8 @@ def ago(value: datetime | None) -> str:
         return "—"
     delta = utcnow() - value
     if delta.total_seconds() < 0:
-        return f"in {duration(-delta)}"
-    return f"{duration(delta)} ago"
+        return gettext("in %(duration)s", duration=duration(-delta))
+    return gettext("%(duration)s ago", duration=duration(delta))
 
 
 def register(app: Flask) -> None:

@@ -12,7 +12,7 @@ string in the code and templates is translated). After changing strings::
     .venv/bin/pybabel extract -F webapp/translations/babel.cfg -k lazy_gettext -o webapp/translations/messages.pot .
     .venv/bin/pybabel update -i webapp/translations/messages.pot -d webapp/translations
     # translate the new entries in the .po, then
-    .venv/bin/python -m webapp.console.i18n
+    .venv/bin/pybabel compile -d webapp/translations
 """
 
 from __future__ import annotations
@@ -62,6 +62,13 @@ STATUS_LABELS = {
 }
 
 
+ROLE_LABELS = {
+    "viewer": lazy_gettext("viewer"),
+    "operator": lazy_gettext("operator"),
+    "admin": lazy_gettext("admin"),
+}
+
+
 def language_from_header() -> str:
     """The supported language the browser's ``Accept-Language`` prefers (English when none fits)."""
     best = request.accept_languages.best_match(["en", "zh"])
@@ -98,6 +105,13 @@ def status_label(status: Any) -> str:
     return str(label) if label is not None else text
 
 
+def role_label(role: Any) -> str:
+    """A console role's visible name in the current language."""
+    text = "" if role is None else str(role)
+    label = ROLE_LABELS.get(text)
+    return str(label) if label is not None else text
+
+
 @bp.post("/language")
 def choose_language() -> Response:
     """Remember the operator's language in a cookie and go back to the page they were on."""
@@ -120,6 +134,7 @@ def init_i18n(app: Flask) -> None:
     app.register_blueprint(bp)
     app.context_processor(_template_context)
     app.jinja_env.filters["status_label"] = status_label
+    app.jinja_env.filters["role_label"] = role_label
 
 
 def compile_translations(directory: Path = TRANSLATIONS) -> list[Path]:
@@ -137,7 +152,3 @@ def compile_translations(directory: Path = TRANSLATIONS) -> list[Path]:
         written.append(mo_path)
     return written
 
-
-if __name__ == "__main__":
-    for path in compile_translations():
-        print(f"compiled {path}")

@@ -11,23 +11,25 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from flask_babel import gettext, lazy_gettext
+
 from ..tasks.models import AuditEntry, TaskEvent, TaskEventKind
 from ..tasks.stats import Throughput
 
 EVENT_LABELS = {
-    TaskEventKind.SUBMITTED.value: "Submitted",
-    TaskEventKind.CLAIMED.value: "Claimed by a worker",
-    TaskEventKind.SUCCEEDED.value: "Succeeded",
-    TaskEventKind.RETRY_SCHEDULED.value: "Failed; retry scheduled",
-    TaskEventKind.FAILED.value: "Failed",
-    TaskEventKind.CANCELLED.value: "Cancelled",
-    TaskEventKind.RETRIED.value: "Retried by an operator",
-    TaskEventKind.RECOVERED.value: "Recovered (its worker died or it ran too long)",
-    TaskEventKind.RELEASED.value: "Released (worker shut down)",
-    TaskEventKind.LATE_RESULT_REFUSED.value: "Late result refused",
-    TaskEventKind.CANCEL_REQUESTED.value: "Cancel requested by an operator",
-    TaskEventKind.CANCEL_TOO_LATE.value: "Cancel request not honoured (the attempt ended anyway)",
-    TaskEventKind.RESUBMITTED.value: "Edited and resubmitted as a new task",
+    TaskEventKind.SUBMITTED.value: lazy_gettext("Submitted"),
+    TaskEventKind.CLAIMED.value: lazy_gettext("Claimed by a worker"),
+    TaskEventKind.SUCCEEDED.value: lazy_gettext("Succeeded"),
+    TaskEventKind.RETRY_SCHEDULED.value: lazy_gettext("Failed; retry scheduled"),
+    TaskEventKind.FAILED.value: lazy_gettext("Failed"),
+    TaskEventKind.CANCELLED.value: lazy_gettext("Cancelled"),
+    TaskEventKind.RETRIED.value: lazy_gettext("Retried by an operator"),
+    TaskEventKind.RECOVERED.value: lazy_gettext("Recovered (its worker died or it ran too long)"),
+    TaskEventKind.RELEASED.value: lazy_gettext("Released (worker shut down)"),
+    TaskEventKind.LATE_RESULT_REFUSED.value: lazy_gettext("Late result refused"),
+    TaskEventKind.CANCEL_REQUESTED.value: lazy_gettext("Cancel requested by an operator"),
+    TaskEventKind.CANCEL_TOO_LATE.value: lazy_gettext("Cancel request not honoured (the attempt ended anyway)"),
+    TaskEventKind.RESUBMITTED.value: lazy_gettext("Edited and resubmitted as a new task"),
 }
 
 # Events that end an attempt, and how the attempt ended.
@@ -66,7 +68,7 @@ def timeline(events: list[TaskEvent], audits: list[AuditEntry]) -> list[Timeline
     Accepted operator actions already appear as events carrying the operator's name.
     """
     entries = [
-        TimelineEntry(at=e.at, kind=e.kind, label=EVENT_LABELS.get(e.kind, e.kind.title()),
+        TimelineEntry(at=e.at, kind=e.kind, label=str(EVENT_LABELS.get(e.kind, e.kind.title())),
                       from_status=e.from_status, to_status=e.to_status, attempt=e.attempt,
                       worker_id=e.worker_id, actor=e.actor, message=e.message, traceback=e.traceback)
         for e in events
@@ -77,8 +79,10 @@ def timeline(events: list[TaskEvent], audits: list[AuditEntry]) -> list[Timeline
         action = entry.action.removeprefix("task.")
         detail = entry.detail or {}
         status = detail.get("status")
-        message = f"{action} refused" + (f": task was {status}" if status else "")
-        entries.append(TimelineEntry(at=entry.at, kind=f"refused.{action}", label=f"Refused {action}",
+        message = (gettext("%(action)s refused: task was %(status)s", action=action, status=status) if status
+                   else gettext("%(action)s refused", action=action))
+        entries.append(TimelineEntry(at=entry.at, kind=f"refused.{action}",
+                                     label=gettext("Refused %(action)s", action=action),
                                      actor=entry.actor, message=message))
     entries.sort(key=lambda item: item.at)
     return entries
@@ -165,7 +169,7 @@ def attempts(events: list[TaskEvent]) -> list[Attempt]:
             attempt = found[event.attempt]
             if attempt.ended_at is None:
                 attempt.ended_at = event.at
-                attempt.outcome = EVENT_LABELS.get(event.kind, event.kind)
+                attempt.outcome = str(EVENT_LABELS.get(event.kind, event.kind))
                 attempt.message = event.message
                 attempt.traceback = event.traceback
     return [found[number] for number in sorted(found)]
@@ -235,8 +239,8 @@ def throughput_chart(data: Throughput, width: int = 1000, height: int = 200) -> 
         success_height = bucket.succeeded * scale
         failure_height = bucket.failed * scale
         success_y = top + plot_height - success_height
-        title = (f"{bucket.start.strftime('%H:%M')} UTC: {bucket.succeeded} finished, "
-                 f"{bucket.failed} failed")
+        title = gettext("%(time)s UTC: %(succeeded)s finished, %(failed)s failed",
+                        time=bucket.start.strftime("%H:%M"), succeeded=bucket.succeeded, failed=bucket.failed)
         chart.bars.append(ChartBar(round(x + 1, 2), round(max(slot - 2, 1), 2), round(success_y, 2),
                                    round(success_height, 2), round(success_y - failure_height, 2),
                                    round(failure_height, 2), title))
@@ -246,7 +250,8 @@ def throughput_chart(data: Throughput, width: int = 1000, height: int = 200) -> 
     for minutes_ago in range(0, minutes, 15):
         index = minutes - 1 - minutes_ago
         if minutes_ago == 0:
-            chart.x_labels.append((round(left + plot_width, 2), "now", "end"))
+            chart.x_labels.append((round(left + plot_width, 2), gettext("now"), "end"))
         else:
-            chart.x_labels.append((round(left + (index + 0.5) * slot, 2), f"-{minutes_ago} min", "middle"))
+            chart.x_labels.append((round(left + (index + 0.5) * slot, 2), gettext("-%(minutes)s min", minutes=minutes_ago),
+                                   "middle"))
     return chart

@@ -21,6 +21,7 @@ from flask import (
     request,
     url_for,
 )
+from flask_babel import gettext
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, NotFound
 
@@ -80,15 +81,16 @@ def error_response(status: int, message: str) -> Response:
 
 def handle_csrf_error(exc: CSRFError) -> Response:
     """A state-changing request without a valid CSRF token: refused, nothing changed."""
-    return error_response(400, "The request was refused: its security token is missing or expired. "
-                               "Reload the page and try again.")
+    return error_response(400, gettext("The request was refused: its security token is missing or expired. "
+                                       "Reload the page and try again."))
 
 
 def handle_http_error(exc: HTTPException) -> Response:
     """403, 404, 405 ... as a console page (or an htmx message)."""
     status = exc.code or 500
-    messages = {403: "You are not allowed to do this" + (f": {exc.description}" if exc.description else "."),
-                404: "Not found."}
+    messages = {403: (gettext("You are not allowed to do this: %(reason)s", reason=exc.description)
+                      if exc.description else gettext("You are not allowed to do this.")),
+                404: gettext("Not found.")}
     return error_response(status, messages.get(status, exc.description or exc.name))
 
 
@@ -245,12 +247,12 @@ def _transition(task_id: int, action: str) -> Response:
     try:
         if action == "cancel":
             task = service.cancel_task(task_id, actor=actor_name())
-            message = (f"Task {task_id} cancelled." if task.status == "CANCELLED" else
-                       f"Cancel requested for running task {task_id}; it stops when its processor "
-                       f"next checks.")
+            message = (gettext("Task %(id)s cancelled.", id=task_id) if task.status == "CANCELLED" else
+                       gettext("Cancel requested for running task %(id)s; it stops when its processor "
+                               "next checks.", id=task_id))
         else:
             service.retry_task(task_id, actor=actor_name())
-            message = f"Task {task_id} sent back to PENDING."
+            message = gettext("Task %(id)s sent back to PENDING.", id=task_id)
     except InvalidTransition as exc:
         message, level, status = exc.message, "error", 409
     except TaskNotFound:
@@ -316,8 +318,10 @@ def edit_retry(task_id: int) -> Response:
         payload = json.loads(text)
     except ValueError as exc:
         problem = getattr(exc, "msg", str(exc))
-        where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
-        return _edit_retry_page(task, text, f"The payload is not valid JSON: {problem}{where}.",
+        where = (gettext(" (line %(line)s, column %(column)s)", line=exc.lineno, column=exc.colno)
+                 if isinstance(exc, json.JSONDecodeError) else "")
+        return _edit_retry_page(task, text, gettext("The payload is not valid JSON: %(problem)s%(where)s.",
+                                                    problem=problem, where=where),
                                 "payload", 400)
     db.session.rollback()
     try:
@@ -327,7 +331,8 @@ def edit_retry(task_id: int) -> Response:
     except ValidationError as exc:
         db.session.rollback()
         return _edit_retry_page(task, text, exc.message, exc.field or "payload", 422)
-    flash(f"Task {new_task.id} created from task {task_id} with the edited payload.", "info")
+    flash(gettext("Task %(new)s created from task %(old)s with the edited payload.", new=new_task.id, old=task_id),
+          "info")
     return make_response(redirect(url_for("console.task_detail", task_id=new_task.id)), 303)
 
 
@@ -366,11 +371,11 @@ def bulk_apply() -> Response:
     selection, query = _bulk_selection(request.form)
     db.session.rollback()
     result = BulkOperations().apply(selection, action, actor_name())
-    verb = "cancelled" if action.value == "cancel" else "sent back to PENDING"
-    message = f"{result.changed} task(s) {verb}"
+    message = (gettext("%(count)s task(s) cancelled", count=result.changed) if action.value == "cancel"
+               else gettext("%(count)s task(s) sent back to PENDING", count=result.changed))
     if result.unchanged:
-        message += f"; {result.unchanged} left unchanged (their status no longer allowed it)"
-    message += "."
+        message += gettext("; %(count)s left unchanged (their status no longer allowed it)", count=result.unchanged)
+    message += gettext(".")
     if not is_htmx():
         flash(message, "info")
         target = url_for("console.tasks") + (f"?{query.query_string()}" if query.query_string() else "")
@@ -426,12 +431,13 @@ def pause_or_resume_task_type(task_type: str, action: str) -> Response:
     everything = task_type == ALL_TYPES
     if action == "pause":
         service.pause_task_type(task_type, actor=actor_name())
-        flash("Every task type paused: workers claim nothing until claiming is resumed." if everything
-              else f"{task_type} paused: workers claim none of its tasks until it is resumed.", "info")
+        flash(gettext("Every task type paused: workers claim nothing until claiming is resumed.") if everything
+              else gettext("%(type)s paused: workers claim none of its tasks until it is resumed.", type=task_type),
+              "info")
     else:
         service.resume_task_type(task_type, actor=actor_name())
-        flash("Claiming resumed for every task type that is not paused on its own." if everything
-              else f"{task_type} resumed.", "info")
+        flash(gettext("Claiming resumed for every task type that is not paused on its own.") if everything
+              else gettext("%(type)s resumed.", type=task_type), "info")
     target = safe_next(request.form.get("next")) if request.form.get("next") else url_for("console.task_types")
     return make_response(redirect(target), 303)
 
