@@ -16,7 +16,9 @@ csrf.exempt(bp)
 from . import views  # noqa: E402,F401  (registers the routes on bp)
 from .auth import require_api_token  # noqa: E402
 from .errors import register_error_handlers  # noqa: E402
+from .parsing import refuse_oversized_body  # noqa: E402
 
+bp.before_request(refuse_oversized_body)
 bp.before_request(require_api_token)
 register_error_handlers(bp)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import request
 from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..tasks.errors import ValidationError
 from ..tasks.service import TaskFilter, parse_time, validate_status
@@ -30,6 +31,17 @@ LIST_PARAMETERS = ("task_type", "status", "created_by", "created_after", "create
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def refuse_oversized_body() -> None:
+    """Before every API call: a declared body over MAX_CONTENT_LENGTH is a 413.
+
+    Werkzeug enforces the limit only when a view reads the body; cancel and retry read none,
+    and must not act on a request that the limit refuses everywhere else.
+    """
+    limit = request.max_content_length
+    if limit is not None and request.content_length is not None and request.content_length > limit:
+        raise RequestEntityTooLarge()
 
 
 def read_json_object() -> dict[str, Any]:

@@ -65,6 +65,27 @@ def login_csrf_error(exc: CSRFError) -> Any:
                            error=gettext("The form expired. Please log in again.")), 400
 
 
+@bp.before_app_request
+def refuse_nul_characters() -> Response | None:
+    """Every console request: a NUL character in a parameter or the URL is a 400, up front.
+
+    No field takes one, and PostgreSQL cannot even compare text holding it, so a filter, a
+    login name or a path with NUL would otherwise end in a server error. (The API refuses the
+    same text itself, with a 422 naming the field.)
+    """
+    if request.blueprint in ("api", "health") or request.endpoint in (None, "static"):
+        return None
+    texts = [text for source in (request.args, request.form) for pair in source.items(multi=True)
+             for text in pair]
+    texts += [value for value in (request.view_args or {}).values() if isinstance(value, str)]
+    if not any("\x00" in text for text in texts):
+        return None
+    from .views import error_response  # views imports this module
+
+    return error_response(400, "The request was refused: it contains a NUL character (\\u0000), "
+                               "which no field accepts.")
+
+
 def _password_fingerprint(password_hash: str) -> str:
     """Changes whenever the password does, so a password change ends every other session."""
     return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
