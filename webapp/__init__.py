@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,15 +105,37 @@ def _engine_options(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _instance_secret_key(instance_path: str) -> str:
-    """A generated key kept in the instance folder (mode 0600) when SECRET_KEY is not set."""
+    """A generated key kept in the instance folder (mode 0600) when SECRET_KEY is not set.
+
+    Several processes may start together (gunicorn workers without preload): the key is written
+    to a private temporary file and hard-linked into place, which either succeeds whole or finds
+    another process's complete key, so nobody ever reads a half-written file.
+    """
     path = Path(instance_path) / "secret_key"
-    if path.is_file():
-        return path.read_text().strip()
-    key = secrets.token_hex(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key)
-    return key
+    for _ in range(40):
+        try:
+            key = path.read_text().strip()
+        except FileNotFoundError:
+            key = None
+        if key is not None and len(key) >= 32:
+            return key
+        if key is not None:  # an empty or short file: a writer from before this fix, or damage
+            time.sleep(0.05)
+            continue
+        temporary = path.with_name(f".secret_key.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process won; the next pass reads its key
+        finally:
+            temporary.unlink()
+    raise ConfigError(f"SECRET_KEY is not set and {path} is empty or too short; "
+                      f"delete the file to generate a new key, or set SECRET_KEY")
 
 
 __all__ = ["ConfigError", "create_app"]

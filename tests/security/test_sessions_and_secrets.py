@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -86,12 +87,6 @@ def test_a_configured_secret_key_is_used_and_nothing_is_written(production: Call
     assert not (tmp_path / "instance" / "secret_key").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "webapp/__init__.py _instance_secret_key: a process starting while another one has created "
-    "instance/secret_key (O_CREAT|O_EXCL) but not yet written it reads an empty key and runs "
-    "with SECRET_KEY='' (even /login then answers 500); two processes passing the is_file() check "
-    "together make one crash with FileExistsError. Fix: write to a temporary file and link or "
-    "rename it into place, re-read on FileExistsError, and refuse an empty or short key."))
 def test_a_half_written_key_file_is_not_used_as_an_empty_key(production: Callable[..., Flask],
                                                              tmp_path: Path) -> None:
     """The state a concurrent first start leaves for a moment: the file exists, still empty."""
@@ -198,3 +193,18 @@ def test_security_headers_on_error_answers_too(make_app: Callable[..., Flask]) -
         assert_security_headers(response, name)
     # A server error shows no traceback or exception text.
     assert "a bug in a view" not in answers["500"][0].get_data(as_text=True)
+
+
+def test_processes_starting_together_share_one_complete_key(tmp_path: Path) -> None:
+    """Eight processes generating the instance key at once all end up with the same full key."""
+    script = (
+        "import sys; from webapp import _instance_secret_key as k; "
+        "print(k(sys.argv[1]))"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    keys = [proc.communicate(timeout=60)[0].strip() for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs)
+    assert len(set(keys)) == 1 and len(keys[0]) == 64
+    assert oct((tmp_path / "secret_key").stat().st_mode & 0o777) == "0o600"
+    assert [p.name for p in tmp_path.iterdir()] == ["secret_key"]
