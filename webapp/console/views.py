@@ -402,7 +402,7 @@ def workers() -> Response:
 def task_types() -> Response:
     """Registered processors with their retry policy and task counts per status."""
     registry = current_app.extensions["async_task"].registry
-    counts = stats.counts_by_type()
+    counts = stats.type_status_counts_at_scale()
     claiming = claiming_state()
     paused = set(claiming["types"])
     user = current_user()
