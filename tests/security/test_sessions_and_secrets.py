@@ -147,12 +147,6 @@ def test_cookies_are_not_secure_when_debugging(production: Callable[..., Flask])
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Sessions are Flask's signed cookies: logging out clears the browser's copy only, so a "
-    "session cookie copied before the logout (stolen from a shared machine or a log) keeps "
-    "working until PERMANENT_SESSION_LIFETIME (12 h) ends, unless the user is disabled or their "
-    "password changes. Fix: a per-user session generation (a column bumped at logout, checked "
-    "in load_current_user) or server-side sessions; that needs a schema change."))
 def test_a_session_cookie_copied_before_logout_is_dead_after_it(make_app: Callable[..., Flask]) -> None:
     app = make_app()
     client, token = logged_in_client(app, "operator", "olga")

@@ -35,6 +35,10 @@ class User(db.Model):  # type: ignore[name-defined,misc]
     active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Signed-cookie sessions cannot be revoked one by one: a session carries the generation it
+    # was issued under, and logging out bumps it, ending every copy of the user's sessions.
+    session_generation: Mapped[int] = mapped_column(Integer, nullable=False, default=0,
+                                                    server_default="0")
 
     def has_role(self, role: Role | str) -> bool:
         return ROLE_RANK[Role(self.role)] >= ROLE_RANK[Role(role)]

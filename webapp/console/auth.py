@@ -98,7 +98,8 @@ def load_current_user() -> None:
     if user_id is None or request.endpoint == "static":
         return
     user = db.session.get(User, user_id)
-    if user is not None and user.active and session.get("pw") == _password_fingerprint(user.password_hash):
+    if (user is not None and user.active and session.get("pw") == _password_fingerprint(user.password_hash)
+            and session.get("gen") == user.session_generation):
         g.user = CurrentUser(user.id, user.username, user.role)
     else:
         session.clear()
@@ -202,10 +203,12 @@ def login() -> Any:
                                error=gettext("Invalid username or password.")), 401
     identity = CurrentUser(user.id, user.username, user.role)
     fingerprint = _password_fingerprint(user.password_hash)
+    generation = user.session_generation
     db.session.rollback()
     session.clear()  # a fresh session (and CSRF token) for the logged-in user
     session["user_id"] = identity.id
     session["pw"] = fingerprint
+    session["gen"] = generation
     session.permanent = True
     begin_write()
     db.session.execute(db.update(User).where(User.id == identity.id).values(last_login_at=utcnow()))
@@ -221,6 +224,9 @@ def logout() -> Any:
     user = current_user()
     if user is not None:
         begin_write()
+        # Ends this session and every copy of it (and the user's other sessions): see User.
+        db.session.execute(db.update(User).where(User.id == user.id)
+                           .values(session_generation=User.session_generation + 1))
         AsyncTaskService().audit(user.username, "logout", "user", user.username)
         db.session.commit()
     session.clear()
