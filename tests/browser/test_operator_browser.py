@@ -57,12 +57,12 @@ def keep_screenshot(page: Any, name: str, full_page: bool = False) -> None:
 
 
 def test_progress_bar_moves_on_a_slow_import(page: Any, live_console: LiveConsole) -> None:
-    task_id = submit(live_console, "IMPORT_FILE", {"file": "customers.csv", "rows": 60, "seconds": 6})
+    task_id = submit(live_console, "IMPORT_FILE", {"file": "customers.csv", "rows": 80, "seconds": 8})
     page.goto(f"/tasks?id={task_id}")
     bar = page.get_by_role("progressbar", name=f"Progress of task {task_id}")
     expect(bar).to_be_visible(timeout=10_000)
     sample(page, "__progress", f"document.querySelector('#task-{task_id} progress')?.value")
-    expect(page.locator(f"#task-{task_id} .progress-message")).to_contain_text(re.compile(r"row \d+ of 60"))
+    expect(page.locator(f"#task-{task_id} .progress-message")).to_contain_text(re.compile(r"row \d+ of 80"))
 
     detail = page.context.new_page()
     detail.goto(f"/tasks/{task_id}")
@@ -76,8 +76,8 @@ def test_progress_bar_moves_on_a_slow_import(page: Any, live_console: LiveConsol
     expect(page.locator(f"#task-{task_id}")).to_have_attribute("data-status", "SUCCESS", timeout=20_000)
     for tab in (page, detail):
         values = tab.evaluate("window.__progress")
-        assert len(values) >= 3, values  # it moved, live, several times
-        assert values == sorted(values), values
+        assert len(values) >= 2, values  # it moved, live (the list refreshes every 1.5 s, the page every 1 s)
+        assert values == sorted(values) and 0 < values[0] < values[-1] <= 100, values
         assert tab.locator("progress").count() == 0  # finished: no bar any more
 
 
