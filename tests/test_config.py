@@ -95,3 +95,20 @@ def test_create_app_refuses_a_bad_setting(tmp_path):
     with pytest.raises(ConfigError, match="ASYNC_TASK_CONCURRENCY"):
         create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/x.db",
                     "ASYNC_TASK_CONCURRENCY": "zero"})
+
+
+def test_trusted_proxies_give_the_real_client_address(tmp_path):
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/x.db",
+                      "ASYNC_TASK_TRUSTED_PROXIES": 1})
+
+    @app.get("/_whoami")
+    def whoami():
+        from flask import request
+
+        return f"{request.remote_addr} {request.scheme}"
+
+    reply = app.test_client().get("/_whoami", headers={"X-Forwarded-For": "203.0.113.9",
+                                                       "X-Forwarded-Proto": "https"})
+    assert reply.text == "203.0.113.9 https"
+    plain = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/y.db"})
+    assert plain.config["ASYNC_TASK_TRUSTED_PROXIES"] == 0

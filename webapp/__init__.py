@@ -10,6 +10,7 @@ from typing import Any
 
 from dotenv import load_dotenv
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 from sqlalchemy.engine import make_url
 
 from .config import ConfigError, load_settings
@@ -40,6 +41,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     # Text or JSON lines; every line logged while a task runs names its id, type and attempt.
     configure_logging(app.config["ASYNC_TASK_LOG_FORMAT"])
+
+    proxies = app.config["ASYNC_TASK_TRUSTED_PROXIES"]
+    if proxies:
+        # Behind nginx or a load balancer: take the client address and scheme from the headers
+        # the trusted proxies set, so login throttling and Secure cookies see the real client.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)  # type: ignore[method-assign]
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(_migrations_dir()), render_as_batch=True)

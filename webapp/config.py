@@ -98,6 +98,7 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "ASYNC_TASK_CONCURRENCY": (_positive_int, 3),
     "ASYNC_TASK_PREFETCH": (_non_negative_int, 0),
     "ASYNC_TASK_RETENTION_DAYS": (_non_negative_int, 0),
+    "ASYNC_TASK_TRUSTED_PROXIES": (_non_negative_int, 0),
     "ASYNC_TASK_MAX_PROCESSING_TIME": (_positive_float, 3600.0),
     "ASYNC_TASK_HEARTBEAT_INTERVAL": (_positive_float, 5.0),
     "ASYNC_TASK_SHUTDOWN_GRACE": (_positive_float, 30.0),
@@ -141,6 +142,7 @@ YAML_CONSUMER_KEYS = {
     "max-processing-time": "ASYNC_TASK_MAX_PROCESSING_TIME",
     "heartbeat-interval": "ASYNC_TASK_HEARTBEAT_INTERVAL",
     "shutdown-grace": "ASYNC_TASK_SHUTDOWN_GRACE",
+    "prefetch": "ASYNC_TASK_PREFETCH",
 }
 YAML_TOP_KEYS = {"processors": "ASYNC_TASK_PROCESSORS"}
 
