@@ -10,8 +10,8 @@ from typing import Any
 
 from dotenv import load_dotenv
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 from sqlalchemy.engine import make_url
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import ConfigError, load_settings
 from .extensions import csrf, db, mail, migrate
