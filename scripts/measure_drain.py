@@ -174,6 +174,32 @@ def cpu_seconds() -> float:
     return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) used so far by these processes (0 for one that is gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def backend_pids(app: Any) -> list[int]:
+    """PostgreSQL server processes connected to this run's database (same machine only)."""
+    from sqlalchemy import text
+
+    from webapp.extensions import db
+
+    with app.app_context():
+        try:
+            return [int(pid) for pid in db.session.execute(text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")).scalars()]
+        finally:
+            db.session.remove()
+
+
 def one_run(app: Any, url: str, workers: int, args: argparse.Namespace, logs: Path,
             listen_url: str | None = None) -> dict[str, float]:
     from sqlalchemy import func, select
@@ -189,7 +215,10 @@ def one_run(app: Any, url: str, workers: int, args: argparse.Namespace, logs: Pa
         wait_for(lambda: scalar(app, select(func.count()).select_from(Worker)
                                 .where(Worker.status == "RUNNING")) == workers, 60, "workers registered")
         time.sleep(1.0)  # every LISTEN connection up before the resume's NOTIFY
+        worker_pids = [p.pid for p in processes]
+        server_pids = backend_pids(app)
         busy_before, began = cpu_seconds(), time.monotonic()
+        python_before, server_before = process_cpu_seconds(worker_pids), process_cpu_seconds(server_pids)
         with app.app_context():
             AsyncTaskService().resume_task_type(TASK_TYPE, actor="measure_drain")
             db.session.remove()
@@ -197,6 +226,8 @@ def one_run(app: Any, url: str, workers: int, args: argparse.Namespace, logs: Pa
                                 .where(AsyncTask.status == "SUCCESS")) == args.tasks,
                  120 + args.tasks / 20, "the drain")
         wall, busy = time.monotonic() - began, cpu_seconds() - busy_before
+        python_cpu = process_cpu_seconds(worker_pids) - python_before
+        server_cpu = process_cpu_seconds(server_pids) - server_before
     finally:
         stop_workers(processes)
     with app.app_context():
@@ -208,7 +239,9 @@ def one_run(app: Any, url: str, workers: int, args: argparse.Namespace, logs: Pa
     if repeated:
         raise RuntimeError(f"{repeated} task(s) were claimed more than once")
     seconds = (last - first).total_seconds()
-    return {"rate": args.tasks / seconds, "seconds": seconds, "cpu": busy / wall, "threads": threads}
+    per_task_ms = 1000.0 / args.tasks
+    return {"rate": args.tasks / seconds, "seconds": seconds, "cpu": busy / wall, "threads": threads,
+            "python_ms": python_cpu * per_task_ms, "server_ms": server_cpu * per_task_ms}
 
 
 def via_port(url: str, port: int) -> str:
@@ -257,17 +290,20 @@ def main() -> int:
         print(f"# one committed single-row INSERT: {commit_ms:.2f} ms (median); "
               f"load average before: {os.getloadavg()[0]:.2f}")
         print()
-        print("| worker processes | threads each | tasks/s (median) | runs | drain seconds | machine CPU busy |")
-        print("| --- | --- | --- | --- | --- | --- |")
+        print("| worker processes | threads each | tasks/s (median) | runs | drain seconds | "
+              "machine CPU busy | worker CPU ms/task | PostgreSQL CPU ms/task |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for workers in args.workers:
             runs = [one_run(app, work_url, workers, args, logs, listen_url) for _ in range(args.repeats)]
             rates = [run["rate"] for run in runs]
             median = statistics.median(rates)
             seconds = statistics.median(run["seconds"] for run in runs)
             cpu = statistics.median(run["cpu"] for run in runs)
+            python_ms = statistics.median(run["python_ms"] for run in runs)
+            server_ms = statistics.median(run["server_ms"] for run in runs)
             print(f"| {workers} | {int(runs[0]['threads'])} | {median:,.0f} | "
-                  f"{', '.join(f'{r:,.0f}' for r in rates)} | {seconds:.2f} | {cpu:.2f} of {os.cpu_count()} cores |",
-                  flush=True)
+                  f"{', '.join(f'{r:,.0f}' for r in rates)} | {seconds:.2f} | {cpu:.2f} of {os.cpu_count()} cores | "
+                  f"{python_ms:.2f} | {server_ms:.2f} |", flush=True)
         from webapp.extensions import db
 
         with app.app_context():

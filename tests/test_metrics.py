@@ -159,3 +159,22 @@ def test_token_protects_metrics_when_configured(make_app, header, status):
         assert b"taskdeck_" not in response.data
     # Liveness and readiness stay open for probes either way.
     assert app.test_client().get("/healthz").status_code == 200
+
+
+def test_a_duration_exactly_on_a_bound_counts_in_that_bucket(make_app):
+    """Prometheus buckets are inclusive (``le``): 0.25 s belongs to ``le="0.25"``."""
+    app = make_app("postgres")
+    with app.app_context():
+        service = AsyncTaskService()
+        ids = [service.submit_task("NOOP", {}).id for _ in range(3)]
+        started = utcnow().replace(microsecond=0)
+        for task_id, seconds in zip(ids, (0.25, 1.0, 5000.0), strict=True):
+            db.session.execute(update(AsyncTask).where(AsyncTask.id == task_id).values(
+                status="SUCCESS", started_at=started, finished_at=started + timedelta(seconds=seconds)))
+        db.session.commit()
+    samples = scrape(app.test_client())
+    labels = {"task_type": "NOOP", "status": "SUCCESS"}
+    bucket = {le: value(samples, "taskdeck_task_duration_seconds_bucket", le=le, **labels)
+              for le in ("0.1", "0.25", "0.5", "1.0", "3600.0", "+Inf")}
+    assert bucket == {"0.1": 0, "0.25": 1, "0.5": 1, "1.0": 2, "3600.0": 2, "+Inf": 3}
+    assert value(samples, "taskdeck_task_duration_seconds_sum", **labels) == 5001.25
