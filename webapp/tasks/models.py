@@ -137,6 +137,9 @@ class AsyncTask(db.Model):  # type: ignore[name-defined,misc]
             sqlite_where=text("status = 'PROCESSING'"),
         ),
         Index("ix_async_task_status_id", "status", "id"),
+        # Edit-and-retry lineage ("resubmitted as #M"): only resubmitted tasks have a parent.
+        Index("ix_async_task_parent_id", "parent_id",
+              postgresql_where=text("parent_id IS NOT NULL"), sqlite_where=text("parent_id IS NOT NULL")),
         Index("ix_async_task_type_status_id", "task_type", "status", "id"),
         # The console's type filter, newest first (migration 0003).
         Index("ix_async_task_type_id", "task_type", "id"),
