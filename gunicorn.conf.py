@@ -52,7 +52,7 @@ errorlog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
 logconfig_dict = gunicorn_logconfig(os.environ.get("ASYNC_TASK_LOG_FORMAT", "text").strip().lower())
 proc_name = "taskdeck-web"
-# Gunicorn 24+'s control socket sits at one path per user: two instances would fight over it.
+# Newer gunicorn opens a control socket at one path per user: two instances would fight over it.
 control_socket_disable = not _flag("GUNICORN_CONTROL_SOCKET", False)
 
 # The embedded consumer (ASYNC_TASK_CONSUMER_ENABLED=true) lives in the workers, never the master.
