@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -38,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), metavar="NAME",
                         help=f"run only these: {', '.join(BENCHMARKS)}")
     parser.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --only: replace these benchmarks' figures in docs/benchmarks.json "
+                             "(a full run's results) and re-render docs/benchmarks.md")
     args = parser.parse_args(argv)
+    # A SIGTERM (or SIGINT from a shell that ignores it in background jobs) unwinds normally,
+    # so worker processes are stopped and the benchmark databases dropped.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     selected = [name for name in BENCHMARKS if not args.only or name in args.only]
     ctx = Context(quick=args.quick, scratch=scratch_dir())
     statuses: dict[str, str] = {}
@@ -52,10 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(ctx.scratch, ignore_errors=True)
     _print_table(ctx, statuses, durations)
     failed = [name for name, status in statuses.items() if status.startswith("failed")]
-    if not args.quick and not args.only and not args.no_write:
-        from .report import write_report
+    if not args.quick and not args.no_write and (not args.only or args.merge):
+        from .report import merge_report, write_report
 
-        path = write_report(ctx, statuses, durations, started)
+        if args.only:
+            path = merge_report(ctx, statuses, durations)
+        else:
+            path = write_report(ctx, statuses, durations, started)
         print(f"wrote {path}")
     return 1 if failed else 0
 

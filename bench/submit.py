@@ -1,9 +1,12 @@
-"""3. Submit rate: ``POST /api/tasks`` through gunicorn, bulk ``POST /api/tasks/batch``, and
-``AsyncTaskService.submit_many`` / ``submit_task`` in this process. All on PostgreSQL.
+"""3. Submit rate: single and bulk through the JSON API, and in-process.
+
+``POST /api/tasks`` through gunicorn, bulk ``POST /api/tasks/batch`` (1,000 a call), and
+``AsyncTaskService.submit_many`` / ``submit_task`` in this process, all on PostgreSQL.
 
 The HTTP load comes from ``wrk`` (C, keep-alive, on loopback) when it is installed, otherwise
 from a few client processes using ``http.client``. gunicorn runs ``wsgi:app`` with the
-in-process consumer off, so only the web tier is measured.
+project's gunicorn.conf.py (as deployed) and ``-w 4``, the in-process consumer off, so only
+the web tier is measured.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import multiprocessing
+import os
 import re
 import shutil
 import subprocess
@@ -209,7 +213,7 @@ def run(ctx: Context) -> None:
             if status not in (200, 202):
                 raise RuntimeError(f"POST /api/tasks answered {status}: {answer[:300]!r}")
             seconds = 2 if ctx.quick else 10
-            if shutil.which("wrk"):
+            if shutil.which("wrk") and not os.environ.get("BENCH_NO_WRK"):
                 single_api_wrk(ctx, port, token, 1)  # warm-up: every worker connected and cached
                 rate, note = single_api_wrk(ctx, port, token, seconds)
             else:
