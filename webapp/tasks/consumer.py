@@ -122,7 +122,10 @@ class Consumer:
                                                                     "misfire_grace_time": None})
         now = datetime.now(UTC)
         scheduler.add_job(self.wake, "interval", seconds=self.poll_interval, id="poll", next_run_time=now)
-        scheduler.add_job(self._heartbeat, "interval", seconds=self.heartbeat_interval, id="heartbeat")
+        # First beat at once: registration stamped the row before the threads above started, and
+        # a slow start plus a full interval must not look like three missed beats to a peer's sweep.
+        scheduler.add_job(self._heartbeat, "interval", seconds=self.heartbeat_interval, id="heartbeat",
+                          next_run_time=now)
         scheduler.add_job(self._recover, "interval", seconds=self.heartbeat_interval, id="recovery",
                           next_run_time=now)
         if self.app.config["ASYNC_TASK_RETENTION_DAYS"]:

@@ -131,12 +131,12 @@ WITH done AS (
     FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS text[]), CAST(:results AS jsonb[]))
          AS v(id, token, result)
     WHERE t.id = v.id AND t.claim_token = v.token AND t.status = 'PROCESSING'
-    RETURNING t.id, t.attempts, t.cancel_requested_at
+    RETURNING t.id, v.token, t.attempts, t.cancel_requested_at
 ), events AS (
     INSERT INTO task_event (task_id, at, kind, from_status, to_status, attempt, worker_id)
     SELECT id, statement_timestamp(), 'SUCCEEDED', 'PROCESSING', 'SUCCESS', attempts, :worker FROM done
 )
-SELECT id, cancel_requested_at FROM done
+SELECT id, token, cancel_requested_at FROM done
 """)
 
 
@@ -880,32 +880,38 @@ class AsyncTaskService:
         self._begin_write()
         successes = [f for f in finished if f.result.success]
         won = self._succeed_in_bulk(successes, worker_id)
-        outcomes: dict[int, FinishOutcome] = {}
+        # Keyed by attempt (id, claim token), not task id: one batch can hold a task's stale
+        # attempt (recovered while its outcome queued) next to its new attempt.
+        outcomes: dict[tuple[int, str], FinishOutcome] = {}
         for item in successes:
-            if item.task.id in won:
-                outcomes[item.task.id] = FinishOutcome(TaskStatus.SUCCESS.value)
+            if _attempt_key(item.task) in won:
+                outcomes[_attempt_key(item.task)] = FinishOutcome(TaskStatus.SUCCESS.value)
                 self._queue_notifications_if_wanted(item.task, TaskStatus.SUCCESS.value, item.result)
         for item in finished:
             if not item.result.success:
                 outcome = self._apply_outcome(item.task, item.result, worker_id, item.traceback)
                 if outcome is not None:
-                    outcomes[item.task.id] = outcome
+                    outcomes[_attempt_key(item.task)] = outcome
         self.session.commit()
         for item in finished:
-            if item.task.id not in outcomes:
+            if _attempt_key(item.task) not in outcomes:
                 self._record_late_result(item.task, item.result, worker_id)
-        return [outcomes.get(item.task.id, FinishOutcome(None)) for item in finished]
+        return [outcomes.get(_attempt_key(item.task), FinishOutcome(None)) for item in finished]
 
-    def _succeed_in_bulk(self, successes: Sequence[FinishedAttempt], worker_id: str | None) -> set[int]:
+    def _succeed_in_bulk(self, successes: Sequence[FinishedAttempt], worker_id: str | None
+                         ) -> set[tuple[int, str]]:
+        """Fenced SUCCESS of many attempts; returns the (task id, claim token) of those that won."""
         if not successes:
             return set()
+        won: set[tuple[int, str]]
+        too_late: set[tuple[int, str]]
         if self.is_postgres:
             rows = self.session.execute(SUCCEED_SQL_POSTGRES, {
                 "ids": [f.task.id for f in successes], "tokens": [f.task.claim_token for f in successes],
                 "results": [json.dumps(_json_result(f.result.data)) for f in successes],
                 "worker": worker_id}).all()
-            won = {row.id for row in rows}
-            too_late = {row.id for row in rows if row.cancel_requested_at is not None}
+            won = {(row.id, row.token) for row in rows}
+            too_late = {(row.id, row.token) for row in rows if row.cancel_requested_at is not None}
         else:
             won, too_late = set(), set()
             now = self._now()
@@ -919,15 +925,15 @@ class AsyncTaskService:
                     .returning(AsyncTask.cancel_requested_at).execution_options(synchronize_session=False)
                 ).first()
                 if changed is not None:
-                    won.add(item.task.id)
+                    won.add(_attempt_key(item.task))
                     if changed.cancel_requested_at is not None:
-                        too_late.add(item.task.id)
+                        too_late.add(_attempt_key(item.task))
             self._write_events([
                 self._event(item.task.id, TaskEventKind.SUCCEEDED, from_status="PROCESSING",
                             to_status=TaskStatus.SUCCESS.value, attempt=item.task.attempt, worker_id=worker_id)
-                for item in successes if item.task.id in won])
+                for item in successes if _attempt_key(item.task) in won])
         self._write_events([self._cancel_too_late(item.task, TaskStatus.SUCCESS.value, worker_id)
-                            for item in successes if item.task.id in too_late])
+                            for item in successes if _attempt_key(item.task) in too_late])
         return won
 
     def _apply_outcome(self, task: TaskInfo, result: TaskResult, worker_id: str | None,
@@ -1334,6 +1340,11 @@ def _unstorable_text(value: Any) -> str | None:
             except UnicodeEncodeError:
                 return "contains invalid Unicode (a lone surrogate)"
     return None
+
+
+def _attempt_key(task: TaskInfo) -> tuple[int, str]:
+    """One attempt of a task: its id and the claim token of that attempt."""
+    return task.id, task.claim_token
 
 
 def _clip(text: str) -> str:
