@@ -6,7 +6,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, text, update
 
 from tests.processors import OrderPayload
 from webapp.extensions import db
@@ -572,3 +572,44 @@ def test_purge_cli(app):
     assert result.exit_code == 0 and "purged 1 task(s)" in result.output
     bad = runner.invoke(args=["tasks", "purge", "--finished-before", "yesterday"])
     assert bad.exit_code == 1 and "finished_before must be an ISO-8601 time" in bad.output
+
+
+def test_a_failed_attempt_after_a_cancel_request_is_not_retried(app_ctx):
+    service = AsyncTaskService()
+    task = service.submit_task("FLAKY", {})
+    claimed = claim_one(service)
+    service.cancel_task(task.id)
+    assert service.finish_task(claimed, TaskResult.failure("broke")).status == "CANCELLED"
+    db.session.expire_all()
+    row = service.get_task(task.id)
+    assert (row.status, row.retry_count) == ("CANCELLED", 0)
+    assert "after a cancel was requested (broke)" in row.error
+    assert kinds(service, task.id)[-1] == "CANCELLED"
+
+
+def test_the_claim_uses_the_due_index_on_fresh_unanalysed_tables(make_app):
+    """Right after a burst of submits the planner must still walk ix_async_task_due in order."""
+    app = make_app("postgres")
+    with app.app_context():
+        service = AsyncTaskService()
+        service.submit_many([{"task_type": "NOOP", "payload": {}} for _ in range(3000)])
+        db.session.execute(text("SET LOCAL enable_sort = off"))
+        plan = "\n".join(db.session.execute(text(
+            "EXPLAIN SELECT id FROM async_task WHERE status IN ('PENDING', 'RETRYING') "
+            "AND next_run_at <= statement_timestamp() AND task_type = ANY(CAST(:t AS varchar[])) "
+            "ORDER BY priority DESC, next_run_at, id LIMIT 10 FOR UPDATE SKIP LOCKED"),
+            {"t": ["NOOP"]}).scalars())
+        db.session.rollback()
+        assert "ix_async_task_due" in plan and "Sort" not in plan, plan
+        statements: list[str] = []
+
+        def capture(conn, cursor, statement, parameters, context, executemany):
+            statements.append(statement)
+
+        event.listen(db.engine, "before_cursor_execute", capture)
+        try:
+            assert len(service.claim_due_tasks(WORKER, 10)) == 10
+        finally:
+            event.remove(db.engine, "before_cursor_execute", capture)
+        claim_at = next(i for i, sql in enumerate(statements) if "FOR UPDATE SKIP LOCKED" in sql)
+        assert "SET LOCAL enable_sort = off" in statements[:claim_at]
