@@ -613,3 +613,19 @@ def test_the_claim_uses_the_due_index_on_fresh_unanalysed_tables(make_app):
             event.remove(db.engine, "before_cursor_execute", capture)
         claim_at = next(i for i, sql in enumerate(statements) if "FOR UPDATE SKIP LOCKED" in sql)
         assert "SET LOCAL enable_sort = off" in statements[:claim_at]
+
+
+def test_a_submitter_whose_clock_is_fast_does_not_delay_its_tasks(make_app, monkeypatch):
+    """Submit times follow the database clock on PostgreSQL, not the submitting machine's."""
+    from webapp.tasks import service as service_module
+
+    app = make_app("postgres")
+    real_utcnow = service_module.utcnow
+    monkeypatch.setattr(service_module, "utcnow", lambda: real_utcnow() + timedelta(minutes=10))
+    with app.app_context():
+        app.extensions["async_task"].clock_offset = None
+        service = AsyncTaskService()
+        task = service.submit_task("NOOP", {})
+        assert abs((task.next_run_at - real_utcnow()).total_seconds()) < 5
+        assert abs((service.events_for(task.id)[0].at - real_utcnow()).total_seconds()) < 5
+        assert [t.id for t in service.claim_due_tasks(WORKER, 5)] == [task.id]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from flask import Flask
@@ -29,6 +30,7 @@ class TaskEngine:
         self.local_consumers: list[Consumer] = []
         self.redis_ok: bool | None = None if locks is None else True
         self.paused_cache: tuple[float, set[str]] | None = None
+        self.clock_offset: tuple[float, timedelta] | None = None  # (measured at, database - local)
 
     def announce_new_work(self) -> None:
         """Wake this process's consumers (other processes hear the database's NOTIFY)."""

@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 
 WAKE_CHANNEL = "async_task_new_work"
 ALL_TYPES = "*"  # pausing this pauses every task type
+CLOCK_OFFSET_TTL = 60.0  # seconds between measurements of the database clock's offset
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MAX_ERROR_LENGTH = 20_000
@@ -260,6 +261,25 @@ class AsyncTaskService:
             return type_coerce(shifted, UTCDateTime())
         return literal(utcnow() + timedelta(seconds=seconds), UTCDateTime())
 
+    def db_now(self) -> datetime:
+        """Now by the database's clock: Python's, corrected by an offset measured once a minute.
+
+        Times written from Python (submit times, event times) must agree with the times the
+        database compares them with (``statement_timestamp()``); a submitter whose clock runs
+        ten minutes fast would otherwise delay its own tasks by ten minutes.
+        """
+        if not self.is_postgres:
+            return utcnow()
+        engine = engine_state()
+        measured = time.monotonic()
+        if engine.clock_offset is None or measured - engine.clock_offset[0] > CLOCK_OFFSET_TTL:
+            with self.session.get_bind().engine.connect() as connection:
+                before = utcnow()
+                server = connection.execute(text("SELECT clock_timestamp()")).scalar_one()
+                after = utcnow()
+            engine.clock_offset = (measured, server - (before + (after - before) / 2))
+        return utcnow() + engine.clock_offset[1]
+
     def _begin_write(self) -> None:
         """On SQLite, start the transaction with BEGIN IMMEDIATE so it can never fail to upgrade.
 
@@ -274,7 +294,7 @@ class AsyncTaskService:
             session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
 
     def _event(self, task_id: int, kind: TaskEventKind, **fields: Any) -> dict[str, Any]:
-        row = {"task_id": task_id, "kind": kind.value, "at": utcnow()}
+        row = {"task_id": task_id, "kind": kind.value, "at": self.db_now()}
         row.update(fields)
         return row
 
@@ -433,7 +453,7 @@ class AsyncTaskService:
             problem = _unstorable_text(value) if isinstance(value, str) else None
             if problem:
                 raise ValidationError(f"{name} {problem}", field=name)
-        now = utcnow()
+        now = self.db_now()
         next_run_at = now
         if run_at is not None:
             next_run_at = parse_time(run_at, "run_at")
@@ -715,7 +735,7 @@ class AsyncTaskService:
             state = TaskTypeState(task_type=task_type)
             self.session.add(state)
         state.paused = paused
-        state.changed_at = utcnow()
+        state.changed_at = self.db_now()
         state.changed_by = actor
         self.audit(actor, "task_type.pause" if paused else "task_type.resume", "task_type", task_type)
         if paused:
@@ -1166,7 +1186,7 @@ class AsyncTaskService:
         candidates = self.session.execute(orphans).all()
         recovered: list[int] = []
         events = []
-        limit_time = utcnow() - timedelta(seconds=max_processing_time)
+        limit_time = self.db_now() - timedelta(seconds=max_processing_time)
         for c in candidates:
             overdue = c.started_at is not None and c.started_at < limit_time
             why = (f"ran longer than max-processing-time ({max_processing_time:g}s)" if overdue
