@@ -288,3 +288,28 @@ def test_a_submit_from_another_connection_wakes_an_idle_consumer(make_app, backe
     assert time.monotonic() - started < 2
     with other_process.app_context():
         db.engine.dispose()
+
+
+def test_direct_connections_carry_claims_and_successes(make_app):
+    """PostgreSQL consumers claim and finish through their own autocommit connections."""
+    app = make_app("postgres")
+    with app.app_context():
+        ids = [t.id for t in AsyncTaskService().submit_many([{"task_type": "NOOP", "payload": {}}] * 30)]
+    consumer = Consumer(app, concurrency=2, batch_size=5, prefetch=5).start()
+    assert consumer._claim_direct is not None and consumer._finish_direct is not None
+    wait_until(lambda: all_status(app, ids, "SUCCESS"), message="drained")
+    assert consumer._claim_direct._connection is not None  # used, and kept open
+    with app.app_context():
+        service = AsyncTaskService()
+        assert [e.kind for e in service.events_for(ids[0])] == ["SUBMITTED", "CLAIMED", "SUCCEEDED"]
+    consumer.stop()
+    assert consumer._claim_direct._connection is None
+
+
+def test_direct_connections_can_be_switched_off(make_app):
+    app = make_app("postgres", ASYNC_TASK_DIRECT_CONNECTIONS=False)
+    with app.app_context():
+        task_id = AsyncTaskService().submit_task("NOOP", {}).id
+    consumer = Consumer(app, concurrency=1).start()
+    assert consumer._claim_direct is None
+    wait_until(lambda: statuses(app, [task_id]) == ["SUCCESS"], message="done")

@@ -99,6 +99,7 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "ASYNC_TASK_PREFETCH": (_non_negative_int, 0),
     "ASYNC_TASK_RETENTION_DAYS": (_non_negative_int, 0),
     "ASYNC_TASK_TRUSTED_PROXIES": (_non_negative_int, 0),
+    "ASYNC_TASK_DIRECT_CONNECTIONS": (_parse_bool, True),
     "ASYNC_TASK_MAX_PROCESSING_TIME": (_positive_float, 3600.0),
     "ASYNC_TASK_HEARTBEAT_INTERVAL": (_positive_float, 5.0),
     "ASYNC_TASK_SHUTDOWN_GRACE": (_positive_float, 30.0),

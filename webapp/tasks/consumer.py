@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 
 from ..extensions import db
 from ..logging_setup import task_log_context
+from .direct import DirectConnection
 from .errors import TaskCancelled
 from .locks import RedisUnavailable, TaskLocks
 from .processor import TaskInfo, TaskResult
@@ -90,6 +91,8 @@ class Consumer:
         self.failed = 0
         self.redis_ok = True
         self.started = False
+        self._claim_direct: DirectConnection | None = None
+        self._finish_direct: DirectConnection | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -97,6 +100,11 @@ class Consumer:
         with self.app.app_context():
             AsyncTaskService().register_worker(self.worker_id, socket.gethostname(), os.getpid(),
                                                self.concurrency, self.heartbeat_interval)
+            if db.engine.dialect.name == "postgresql" and self.app.config["ASYNC_TASK_DIRECT_CONNECTIONS"]:
+                # The dispatcher's claims and the finisher's success batches each get a connection
+                # of their own in autocommit: one round trip a statement (see direct.py).
+                self._claim_direct = DirectConnection(db.engine.url)
+                self._finish_direct = DirectConnection(db.engine.url)
         for index in range(self.concurrency):
             thread = threading.Thread(target=self._work_loop, name=f"task-worker-{index}", daemon=True)
             thread.start()
@@ -186,6 +194,9 @@ class Consumer:
             self._release_locks(leftovers)
             service.stop_worker(self.worker_id)
             db.session.remove()
+        for direct in (self._claim_direct, self._finish_direct):
+            if direct is not None:
+                direct.close()
         self.started = False
         log.info("consumer %s stopped", self.worker_id)
         return released
@@ -223,7 +234,8 @@ class Consumer:
             wanted = min(self.batch_size, free)
             with self.app.app_context():
                 try:
-                    claimed = AsyncTaskService().claim_due_tasks(self.worker_id, wanted, self.task_types)
+                    claimed = AsyncTaskService().claim_due_tasks(self.worker_id, wanted, self.task_types,
+                                                                 direct=self._claim_direct)
                 finally:
                     db.session.remove()
             claimed = self._lock_in_redis(claimed)
@@ -345,7 +357,8 @@ class Consumer:
     def _write_batch(self, batch: list[FinishedAttempt]) -> list[FinishOutcome]:
         with self.app.app_context():
             try:
-                return AsyncTaskService().finish_many(batch, worker_id=self.worker_id)
+                return AsyncTaskService().finish_many(batch, worker_id=self.worker_id,
+                                                      direct=self._finish_direct)
             except Exception:
                 db.session.rollback()
                 log.exception("batch finish of %d task(s) failed; finishing them one by one", len(batch))

@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..extensions import db
+from .direct import DirectConnection, pyformat
 from .errors import (
     InvalidPayload,
     InvalidTransition,
@@ -98,7 +99,7 @@ CLAIM_RETURNING = (
 
 # The claim on PostgreSQL, one round trip: pick due rows in claim order skipping rows other
 # consumers hold (SKIP LOCKED), stamp the lease on them, and write their CLAIMED events.
-CLAIM_SQL_POSTGRES = text("""
+CLAIM_SQL = """
 WITH due AS (
     SELECT id FROM async_task
     WHERE status IN ('PENDING', 'RETRYING') AND next_run_at <= statement_timestamp()
@@ -120,11 +121,13 @@ WITH due AS (
     SELECT id, statement_timestamp(), 'CLAIMED', 'PROCESSING', attempts, :worker FROM claimed
 )
 SELECT * FROM claimed
-""").columns(created_at=UTCDateTime())
+"""
+CLAIM_SQL_POSTGRES = text(CLAIM_SQL).columns(created_at=UTCDateTime())
+CLAIM_SQL_DIRECT = pyformat(CLAIM_SQL)
 
 
 # Many successes in one round trip: fenced by each attempt's claim token, events included.
-SUCCEED_SQL_POSTGRES = text("""
+SUCCEED_SQL = """
 WITH done AS (
     UPDATE async_task AS t
     SET status = 'SUCCESS', result = v.result, error = NULL, claim_token = NULL,
@@ -138,7 +141,9 @@ WITH done AS (
     SELECT id, statement_timestamp(), 'SUCCEEDED', 'PROCESSING', 'SUCCESS', attempts, :worker FROM done
 )
 SELECT id, token, cancel_requested_at FROM done
-""")
+"""
+SUCCEED_SQL_POSTGRES = text(SUCCEED_SQL)
+SUCCEED_SQL_DIRECT = pyformat(SUCCEED_SQL)
 
 
 # Bulk submit on PostgreSQL: one array a column instead of one parameter a cell, which keeps
@@ -789,7 +794,8 @@ class AsyncTaskService:
     def paused_task_types(self) -> list[str]:
         return list(self.session.scalars(select(TaskTypeState.task_type).where(TaskTypeState.paused)))
 
-    def claim_due_tasks(self, worker_id: str, limit: int, task_types: Sequence[str] | None = None) -> list[TaskInfo]:
+    def claim_due_tasks(self, worker_id: str, limit: int, task_types: Sequence[str] | None = None,
+                        direct: DirectConnection | None = None) -> list[TaskInfo]:
         """Atomically move up to ``limit`` due waiting tasks to PROCESSING for ``worker_id``.
 
         One statement: ``UPDATE ... WHERE id IN (SELECT id ... ORDER BY priority DESC,
@@ -813,9 +819,14 @@ class AsyncTaskService:
             # believes the table is tiny and sorts every due row instead (tens of ms, spilling
             # to disk, for each claim); forbidding the sort for this one transaction keeps the
             # ordered index scan whatever the statistics say.
-            self.session.execute(text("SET LOCAL enable_sort = off"))
-            rows = self.session.execute(CLAIM_SQL_POSTGRES, {
-                "types": types, "limit": limit, "token": token, "worker": worker_id}).all()
+            params = {"types": types, "limit": limit, "token": token, "worker": worker_id}
+            rows: Sequence[Any]
+            if direct is not None:  # a consumer's own autocommit connection: one round trip
+                rows = [row._replace(created_at=row.created_at.astimezone(UTC))
+                        for row in direct.execute(CLAIM_SQL_DIRECT, params)]
+            else:
+                self.session.execute(text("SET LOCAL enable_sort = off"))
+                rows = self.session.execute(CLAIM_SQL_POSTGRES, params).all()
         else:
             rows = self._claim_sqlite(worker_id, limit, types, token)
         claimed = [
@@ -893,8 +904,8 @@ class AsyncTaskService:
         self.session.commit()
         return outcome
 
-    def finish_many(self, finished: Sequence[FinishedAttempt], *, worker_id: str | None = None
-                    ) -> list[FinishOutcome]:
+    def finish_many(self, finished: Sequence[FinishedAttempt], *, worker_id: str | None = None,
+                    direct: DirectConnection | None = None) -> list[FinishOutcome]:
         """Finish many attempts in one transaction (processors that wrote nothing themselves).
 
         Successes, the common case, are one statement for the whole batch on PostgreSQL
@@ -902,6 +913,9 @@ class AsyncTaskService:
         failures take the single-task path inside the same transaction. Returns one outcome per
         input, in order; ``status=None`` where the lease had been lost.
         """
+        if (direct is not None and self.is_postgres and all(f.result.success for f in finished)
+                and not any(self._notification_may_be_needed(f.task) for f in finished)):
+            return self._succeed_directly(finished, worker_id, direct)
         self.session.rollback()
         self._begin_write()
         successes = [f for f in finished if f.result.success]
@@ -923,6 +937,29 @@ class AsyncTaskService:
             if _attempt_key(item.task) not in outcomes:
                 self._record_late_result(item.task, item.result, worker_id)
         return [outcomes.get(_attempt_key(item.task), FinishOutcome(None)) for item in finished]
+
+    def _succeed_directly(self, finished: Sequence[FinishedAttempt], worker_id: str | None,
+                          direct: DirectConnection) -> list[FinishOutcome]:
+        """The common batch (all successes, nobody to notify): one autocommit statement."""
+        rows = direct.execute(SUCCEED_SQL_DIRECT, {
+            "ids": [f.task.id for f in finished], "tokens": [f.task.claim_token for f in finished],
+            "results": [json.dumps(_json_result(f.result.data)) for f in finished], "worker": worker_id})
+        won = {(row.id, row.token) for row in rows}
+        too_late = [f for f in finished if (f.task.id, f.task.claim_token) in
+                    {(row.id, row.token) for row in rows if row.cancel_requested_at is not None}]
+        if too_late:
+            self._begin_write()
+            self._write_events([self._cancel_too_late(f.task, TaskStatus.SUCCESS.value, worker_id)
+                                for f in too_late])
+            self.session.commit()
+        outcomes = []
+        for item in finished:
+            if _attempt_key(item.task) in won:
+                outcomes.append(FinishOutcome(TaskStatus.SUCCESS.value))
+            else:
+                self._record_late_result(item.task, item.result, worker_id)
+                outcomes.append(FinishOutcome(None))
+        return outcomes
 
     def _succeed_in_bulk(self, successes: Sequence[FinishedAttempt], worker_id: str | None
                          ) -> set[tuple[int, str]]:
@@ -1045,15 +1082,20 @@ class AsyncTaskService:
         With the default ``build_notification_request`` a mail needs an email-address creator
         and a webhook needs a ``notify_url``; a task with neither costs no query at all.
         """
+        if self._notification_may_be_needed(task):
+            from .notify import queue_notifications
+
+            queue_notifications(self, task, status, result)
+
+    def _notification_may_be_needed(self, task: TaskInfo) -> bool:
         processor = self.registry.get(task.task_type)
         if processor is None:
-            return
+            return False
         custom_builder = (type(processor).build_notification_request
                           is not TaskProcessor.build_notification_request)
-        from .notify import is_email_address, queue_notifications
+        from .notify import is_email_address
 
-        if custom_builder or task.notify_url or is_email_address(task.created_by):
-            queue_notifications(self, task, status, result)
+        return custom_builder or bool(task.notify_url) or is_email_address(task.created_by)
 
     def _record_late_result(self, task: TaskInfo, result: TaskResult, worker_id: str | None) -> None:
         outcome = "success" if result.success else f"failure: {result.message}"

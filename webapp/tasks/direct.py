@@ -1,0 +1,66 @@
+"""A consumer's own PostgreSQL connection for its two hottest statements.
+
+The claim and a batch of successes are each a single statement. Through the pooled session,
+each costs four round trips (the pool's liveness ping, BEGIN, the statement, COMMIT); run in
+autocommit on a connection the thread keeps open, each costs one. One connection per thread
+(the dispatcher's for claims, the finisher's for successes); a broken one is dropped and the
+next call reconnects. Nothing else goes through here, so the connection can carry a setting
+the claim needs (``enable_sort = off``, see ``AsyncTaskService.claim_due_tasks``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import psycopg
+from psycopg.rows import namedtuple_row
+from sqlalchemy.engine import URL
+
+log = logging.getLogger(__name__)
+
+_NAMED_PARAMETER = re.compile(r"(?<![:\w]):(\w+)")
+
+
+def pyformat(sql: str) -> str:
+    """SQLAlchemy-style ``:name`` parameters as psycopg's ``%(name)s``."""
+    return _NAMED_PARAMETER.sub(r"%(\1)s", sql)
+
+
+class DirectConnection:
+    """An autocommit psycopg connection, opened on first use and reopened after a failure."""
+
+    def __init__(self, url: URL) -> None:
+        threshold = url.query.get("prepare_threshold")
+        self._prepare_threshold: int | None = 5
+        if isinstance(threshold, str):
+            self._prepare_threshold = None if threshold.lower() in ("none", "off", "") else int(threshold)
+        plain = url.difference_update_query(["prepare_threshold"]).set(drivername="postgresql")
+        self._conninfo = plain.render_as_string(hide_password=False)
+        self._connection: psycopg.Connection[Any] | None = None
+
+    def execute(self, sql: str, params: dict[str, Any]) -> list[Any]:
+        """Run one statement (committed by itself) and return its rows."""
+        connection = self._connect()
+        try:
+            return connection.execute(sql, params, prepare=None).fetchall()
+        except psycopg.OperationalError:
+            self.close()  # the next call reconnects; this one's caller retries at its next turn
+            raise
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        if self._connection is None or self._connection.closed:
+            connection = psycopg.connect(self._conninfo, autocommit=True, row_factory=namedtuple_row)
+            connection.prepare_threshold = self._prepare_threshold
+            connection.execute("SET enable_sort = off")
+            self._connection = connection
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            except Exception:  # closing a broken connection may fail too; nothing to keep
+                log.debug("closing a direct connection failed", exc_info=True)
+            self._connection = None
