@@ -86,8 +86,12 @@ def _find(figures: list[Figure], benchmark: str, name: str) -> Figure | None:
 def targets(figures: list[Figure], shared: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(target, goal, measured, met?) rows for the targets of the performance issue."""
     rows: list[tuple[str, str, str, str]] = []
-    drain = {tuple(key.split("|")): rate for key, rate in shared.get("drain", {}).items()}
-    drain = {(k[0], int(k[1]), int(k[2])): v for k, v in drain.items()}
+    def keyed(rates: dict[str, float]) -> dict[tuple[str, int, int], float]:
+        split = {tuple(key.split("|")): rate for key, rate in rates.items()}
+        return {(k[0], int(k[1]), int(k[2])): v for k, v in split.items()}
+
+    drain = keyed(shared.get("drain", {}))
+    tuned = keyed(shared.get("drain_tuned", {}))
     peers = shared.get("peers", {})
 
     def row(what: str, goal: str, value: float | None, unit: str, ok: bool | None) -> None:
@@ -101,6 +105,12 @@ def targets(figures: list[Figure], shared: dict[str, Any]) -> list[tuple[str, st
         peer = peers.get(f"pgqueuer batch {batch}")
         ratio = rate / peer if rate and peer else None
         row(f"ratio to pgqueuer at batch {batch}", ">= 1.0", ratio, "x", None if ratio is None else ratio >= 1)
+        fast = tuned.get(("postgres", 1, batch))
+        row(f"PostgreSQL drain, 1 worker, batch {batch}, tuned (prefetch {batch}, 8 threads)",
+            ">= 3,000 tasks/s", fast, "tasks/s", None if fast is None else fast >= 3000)
+        fast_ratio = fast / peer if fast and peer else None
+        row(f"tuned ratio to pgqueuer at batch {batch}", ">= 1.0", fast_ratio, "x",
+            None if fast_ratio is None else fast_ratio >= 1)
     sqlite = drain.get(("sqlite", 1, 10))
     row("SQLite drain, 1 worker, batch 10", ">= 500 tasks/s", sqlite, "tasks/s",
         None if sqlite is None else sqlite >= 500)
@@ -145,9 +155,10 @@ def write_report(ctx: Context, statuses: dict[str, str], durations: dict[str, fl
 
 
 def _shared_for_json(shared: dict[str, Any]) -> dict[str, Any]:
-    out = {key: value for key, value in shared.items() if key != "drain"}
-    if "drain" in shared:
-        out["drain"] = {"|".join(map(str, key)): rate for key, rate in shared["drain"].items()}
+    out = {key: value for key, value in shared.items() if key not in ("drain", "drain_tuned")}
+    for key in ("drain", "drain_tuned"):
+        if key in shared:
+            out[key] = {"|".join(map(str, k)): rate for k, rate in shared[key].items()}
     return out
 
 
