@@ -313,3 +313,21 @@ def test_direct_connections_can_be_switched_off(make_app):
     consumer = Consumer(app, concurrency=1).start()
     assert consumer._claim_direct is None
     wait_until(lambda: statuses(app, [task_id]) == ["SUCCESS"], message="done")
+
+
+def test_a_worker_gives_back_attempts_it_lost_track_of(app):
+    """A claim whose answer never arrived: the task is PROCESSING under a live worker that does
+    not know it; the worker's heartbeat releases it and it runs once."""
+    consumer = Consumer(app, concurrency=1, poll_interval=30)
+    with app.app_context():
+        service = AsyncTaskService()
+        task_id = service.submit_task("NOOP", {}).id
+        # Claimed in this worker's name behind its back, as if the claim's reply had been lost.
+        lost = service.claim_due_tasks(consumer.worker_id, 1)
+        assert [t.id for t in lost] == [task_id]
+    consumer.start()
+    wait_until(lambda: statuses(app, [task_id]) == ["SUCCESS"], timeout=10, message="released and run")
+    with app.app_context():
+        kinds = [e.kind for e in AsyncTaskService().events_for(task_id)]
+    assert kinds.count("RELEASED") == 1 and kinds[-1] == "SUCCEEDED"
+    assert len(processors.RUN_LOG) == 1

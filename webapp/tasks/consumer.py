@@ -83,6 +83,8 @@ class Consumer:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._running: dict[int, TaskInfo] = {}
+        # Every attempt this consumer holds, from its claim until its outcome is written.
+        self._owned: set[tuple[int, str]] = set()
         self._inflight = 0
         self._last_claim_full = False
         self._threads: list[threading.Thread] = []
@@ -238,7 +240,12 @@ class Consumer:
                                                                  direct=self._claim_direct)
                 finally:
                     db.session.remove()
-            claimed = self._lock_in_redis(claimed)
+            with self._lock:  # owned from the moment the claim returns (see _release_forgotten_attempts)
+                self._owned.update((task.id, task.claim_token) for task in claimed)
+            kept = self._lock_in_redis(claimed)
+            with self._lock:
+                self._owned.difference_update((t.id, t.claim_token) for t in claimed if t not in kept)
+            claimed = kept
             with self._lock:
                 self._inflight += len(claimed)
                 for task in claimed:
@@ -322,6 +329,7 @@ class Consumer:
         with self._lock:  # finished: the heartbeat must stop extending the locks released next
             for task in tasks:
                 self._running.pop(task.id, None)
+                self._owned.discard((task.id, task.claim_token))
         self._release_locks(tasks)
         for task, outcome in zip(tasks, outcomes, strict=True):
             if outcome.status == "SUCCESS":
@@ -423,6 +431,7 @@ class Consumer:
                               self.worker_id)
                     AsyncTaskService().revive_worker(self.worker_id, socket.gethostname(), os.getpid(),
                                                      self.concurrency, self.heartbeat_interval)
+                self._release_forgotten_attempts()
             except Exception:
                 log.exception("heartbeat failed")
             finally:
@@ -444,6 +453,22 @@ class Consumer:
                 self._redis_up()
             except RedisUnavailable as exc:
                 self._redis_down(exc)
+
+    def _release_forgotten_attempts(self) -> None:
+        """Give back tasks the database says this worker holds but the worker does not know of.
+
+        That happens when a claim committed but its answer never arrived (connection lost in
+        between), or when writing an outcome failed twice: the worker is alive, so the recovery
+        sweep would leave the task PROCESSING until max-processing-time.
+        """
+        held = AsyncTaskService().attempts_held_by(self.worker_id, older_than=2 * self.heartbeat_interval)
+        with self._lock:
+            forgotten = [task for task in held if (task.id, task.claim_token) not in self._owned]
+        if forgotten:
+            log.warning("releasing %d task(s) this worker holds but lost track of: %s",
+                        len(forgotten), [task.id for task in forgotten])
+            AsyncTaskService().release_tasks(forgotten, self.worker_id,
+                                             reason="the worker lost track of this attempt")
 
     def _recover(self) -> None:
         with self.app.app_context():

@@ -40,7 +40,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..extensions import db
@@ -355,6 +355,8 @@ class AsyncTaskService:
         """Like ``submit_task`` but says whether an idempotent repeat returned an existing task."""
         row = self._validated_row(task_type, payload, priority, created_by, run_at,
                                   idempotency_key, idempotency_scope, notify_url, parent_id)
+        if commit and idempotency_key is None and self._may_submit_in_one_statement():
+            return SubmitOutcome(self._submit_in_one_statement(row), True)
         # Before the idempotency lookup: on SQLite a read that is later upgraded to a write fails
         # with "database is locked" when another writer committed in between.
         self._begin_write()
@@ -423,6 +425,42 @@ class AsyncTaskService:
             self._commit_new_work()
         # Plain snapshots, not ORM instances: building 1,000 tracked objects costs more than the insert.
         return [TaskSnapshot(id=task_id, **row) for task_id, row in zip(ids, rows, strict=True)]
+
+    def _may_submit_in_one_statement(self) -> bool:
+        """PostgreSQL, and no transaction or pending change of the caller's that a commit would end."""
+        session = self.session
+        return (self.is_postgres and not session.in_transaction()
+                and not (session.new or session.dirty or session.deleted))
+
+    def _submit_in_one_statement(self, row: dict[str, Any]) -> AsyncTask:
+        """Insert the task, its SUBMITTED event and the wake-up ``pg_notify`` as one autocommit statement.
+
+        The ORM path costs six round trips (pool ping, BEGIN, INSERT, event INSERT, NOTIFY,
+        COMMIT); one statement is atomic by itself, so it needs no BEGIN/COMMIT, and the notify
+        is delivered when it commits, exactly like a NOTIFY inside a transaction.
+        """
+        session = self.session
+        new_task = insert(AsyncTask.__table__).values(row).returning(AsyncTask.__table__.c.id).cte("new_task")
+        event = insert(TaskEvent.__table__).from_select(
+            ["task_id", "at", "kind", "to_status", "actor"],
+            select(new_task.c.id, literal(row["created_at"], UTCDateTime()),
+                   literal(TaskEventKind.SUBMITTED.value), literal(row["status"]),
+                   literal(row["created_by"], Text())),
+        ).cte("new_task_event")
+        statement = select(new_task.c.id, func.pg_notify(WAKE_CHANNEL, "")).add_cte(event)
+        connection = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        try:
+            task_id = connection.execute(statement).scalar_one()
+        except BaseException:
+            session.rollback()
+            raise
+        session.commit()  # committed already (autocommit); this hands the connection back
+        # Every column was set from ``row``: a detached instance is as complete as a reloaded one.
+        task = AsyncTask(**row)
+        task.id = task_id
+        make_transient_to_detached(task)
+        self._announce_new_work()
+        return task
 
     def _insert_many_postgres(self, rows: list[dict[str, Any]]) -> list[int]:
         """Insert validated rows column-wise (one array per column) with their SUBMITTED events.
@@ -1138,6 +1176,20 @@ class AsyncTaskService:
             else:
                 self.session.commit()
         return released
+
+    def attempts_held_by(self, worker_id: str, older_than: float) -> list[TaskInfo]:
+        """PROCESSING attempts leased to ``worker_id`` that started more than ``older_than`` s ago."""
+        rows = self.session.execute(
+            select(AsyncTask.id, AsyncTask.task_type, AsyncTask.claim_token, AsyncTask.attempts,
+                   AsyncTask.priority, AsyncTask.retry_count, AsyncTask.max_retry_count)
+            .where(AsyncTask.status == TaskStatus.PROCESSING.value, AsyncTask.worker_id == worker_id,
+                   AsyncTask.started_at < self._now_plus(-older_than))
+        ).all()
+        self.session.rollback()
+        return [TaskInfo(id=r.id, task_type=r.task_type, payload={}, priority=r.priority,
+                         retry_count=r.retry_count, max_retry_count=r.max_retry_count, created_by=None,
+                         created_at=None, attempt=r.attempts, claim_token=r.claim_token or "")
+                for r in rows]
 
     def still_owns(self, task: TaskInfo) -> bool:
         """Whether the task's lease is still this attempt's (used before slow side effects)."""
