@@ -10,9 +10,12 @@ import hashlib
 import logging
 import re
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from flask import current_app
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -27,6 +30,11 @@ TOKEN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
 MAX_TOKEN_LENGTH = 200
 # last_used_at is bookkeeping, not an audit trail: one write per token per minute is plenty.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+# How long a process trusts a token it verified without asking the database again. A revoke
+# in the same process drops the entry at once; another process (the CLI, another gunicorn
+# worker, another host) may accept a revoked token for up to this long. Kept short on purpose.
+VERIFIED_TOKEN_TTL = 2.0
+VERIFIED_TOKEN_CACHE_LIMIT = 1000
 
 
 class TokenError(ValueError):
@@ -90,6 +98,7 @@ def revoke_token(name: str, actor: str | None = None) -> ApiToken:
     if actor is not None:
         _audit(actor, "token.revoke", name)
     db.session.commit()
+    _verified_cache().forget(row.token_hash)
     return row
 
 
@@ -117,6 +126,68 @@ def verify_token(secret: str) -> TokenIdentity | None:
     if row.last_used_at is None or row.last_used_at < now - LAST_USED_RESOLUTION:
         _stamp_last_used(row.id, now)
     return TokenIdentity(id=row.id, name=row.name)
+
+
+class VerifiedTokenCache:
+    """Tokens this process verified in the last ``VERIFIED_TOKEN_TTL`` seconds, by SHA-256.
+
+    Only successful verifications are kept (at most ``VERIFIED_TOKEN_CACHE_LIMIT``), so
+    guessing secrets cannot grow it; a refused token is looked up in the database every time.
+    """
+
+    def __init__(self, ttl: float = VERIFIED_TOKEN_TTL) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, TokenIdentity]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token_hash: str) -> TokenIdentity | None:
+        """The identity cached for this hash, or ``None`` when absent or expired."""
+        entry = self._entries.get(token_hash)
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, token_hash: str, identity: TokenIdentity) -> None:
+        """Remember a verified token until the TTL runs out."""
+        now = time.monotonic()
+        with self._lock:
+            if len(self._entries) >= VERIFIED_TOKEN_CACHE_LIMIT:
+                self._entries = {key: value for key, value in self._entries.items() if value[0] > now}
+                if len(self._entries) >= VERIFIED_TOKEN_CACHE_LIMIT:
+                    self._entries.clear()
+            self._entries[token_hash] = (now + self.ttl, identity)
+
+    def forget(self, token_hash: str) -> None:
+        """Drop a token (revoked in this process): its next use asks the database."""
+        with self._lock:
+            self._entries.pop(token_hash, None)
+
+
+def _verified_cache() -> VerifiedTokenCache:
+    cache = current_app.extensions.get("api_token_cache")
+    if cache is None:
+        cache = current_app.extensions.setdefault("api_token_cache", VerifiedTokenCache())
+    return cache  # type: ignore[no-any-return]
+
+
+def verify_token_cached(secret: str) -> TokenIdentity | None:
+    """``verify_token`` for the API's hot path: a token verified in the last ``VERIFIED_TOKEN_TTL``
+    seconds in this process is accepted without a database round trip.
+
+    A revoke through ``revoke_token`` in this process takes effect at once; a revoke made by
+    another process takes effect here within ``VERIFIED_TOKEN_TTL`` seconds.
+    """
+    if not secret or len(secret) > MAX_TOKEN_LENGTH:
+        return None
+    token_hash = hash_token(secret)
+    cache = _verified_cache()
+    identity = cache.get(token_hash)
+    if identity is not None:
+        return identity
+    identity = verify_token(secret)
+    if identity is not None:
+        cache.put(token_hash, identity)
+    return identity
 
 
 def _stamp_last_used(token_id: int, now: datetime) -> None:

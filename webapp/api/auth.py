@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import g, request
 
-from ..accounts.tokens import TokenIdentity, verify_token
+from ..accounts.tokens import TokenIdentity, verify_token_cached
 from .errors import ApiError
 
 # Endpoints anyone may call: the API's own description, so tools can read it without a secret.
@@ -32,7 +32,8 @@ def require_api_token() -> None:
                        "missing bearer token: send 'Authorization: Bearer <token>' "
                        "(create one with 'flask tokens create NAME')",
                        headers={"WWW-Authenticate": CHALLENGE})
-    identity = verify_token(token)
+    # Cached for at most VERIFIED_TOKEN_TTL (2 s) per process; see verify_token_cached.
+    identity = verify_token_cached(token)
     if identity is None:
         raise ApiError(401, "invalid_token", "the bearer token is not valid or has been revoked",
                        headers={"WWW-Authenticate": f'{CHALLENGE}, error="invalid_token"'})
