@@ -14,6 +14,8 @@ from sqlalchemy.engine import make_url
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import ConfigError, load_settings
+from .dbliveness import SUPPORTED as LIVENESS_CHECK_SUPPORTED
+from .dbliveness import install_liveness_check
 from .extensions import csrf, db, mail, migrate
 from .logging_setup import configure_logging
 
@@ -49,6 +51,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)  # type: ignore[method-assign]
 
     db.init_app(app)
+    with app.app_context():
+        install_liveness_check(db.engines)  # instead of pre-ping's round trip a checkout
     migrate.init_app(app, db, directory=str(_migrations_dir()), render_as_batch=True)
     mail.init_app(app)
     csrf.init_app(app)
@@ -100,7 +104,8 @@ def _engine_options(config: dict[str, Any]) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}
     threads = int(config["ASYNC_TASK_CONCURRENCY"])
-    options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": max(5, threads + 3), "max_overflow": 10,
+    # Dead pooled connections are caught by dbliveness's socket check (no round trip) instead.
+    options: dict[str, Any] = {"pool_pre_ping": not LIVENESS_CHECK_SUPPORTED, "pool_size": max(5, threads + 3), "max_overflow": 10,
                                "pool_recycle": 1800}
     # PgBouncer before 1.21 in transaction mode cannot keep psycopg's server-side prepared
     # statements: "?prepare_threshold=none" in DATABASE_URL turns them off (docs/deploy.md).
