@@ -141,3 +141,23 @@ def test_connection_killed_while_idle_is_replaced_without_an_error(pg_app: Flask
             assert task.id is not None
         with engine.connect() as connection:
             assert connection.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
+
+
+def test_idempotent_repeat_on_the_fast_path_returns_the_first_task(pg_app: Flask) -> None:
+    with pg_app.app_context():
+        service = AsyncTaskService()
+        first = service.submit("NOOP", {"n": 1}, idempotency_key="k", idempotency_scope="a")
+        db.session.remove()
+        again = service.submit("NOOP", {"n": 2}, idempotency_key="k", idempotency_scope="a")
+        assert (first.created, again.created) == (True, False)
+        assert again.task.id == first.task.id and again.task.payload == {"n": 1}
+        assert not db.session().in_transaction()  # the autocommit connection went back to the pool
+        assert db.session.connection().connection.dbapi_connection.autocommit is False
+        db.session.remove()
+        other = service.submit("NOOP", {"n": 3}, idempotency_key="k", idempotency_scope="b")
+        assert other.created and other.task.id != first.task.id
+        db.session.remove()
+        count = db.session.scalar(select(func.count()).select_from(TaskEvent)
+                                  .where(TaskEvent.task_id.in_([first.task.id, other.task.id])))
+        assert count == 2
+        db.session.remove()

@@ -356,8 +356,8 @@ class AsyncTaskService:
         """Like ``submit_task`` but says whether an idempotent repeat returned an existing task."""
         row = self._validated_row(task_type, payload, priority, created_by, run_at,
                                   idempotency_key, idempotency_scope, notify_url, parent_id)
-        if commit and idempotency_key is None and self._may_submit_in_one_statement():
-            return SubmitOutcome(self._submit_in_one_statement(row), True)
+        if commit and self._may_submit_in_one_statement():
+            return self._submit_in_one_statement(row)
         # Before the idempotency lookup: on SQLite a read that is later upgraded to a write fails
         # with "database is locked" when another writer committed in between.
         self._begin_write()
@@ -433,22 +433,42 @@ class AsyncTaskService:
         return (self.is_postgres and not session.in_transaction()
                 and not (session.new or session.dirty or session.deleted))
 
-    def _submit_in_one_statement(self, row: dict[str, Any]) -> AsyncTask:
+    def _submit_in_one_statement(self, row: dict[str, Any]) -> SubmitOutcome:
         """Insert the task, its SUBMITTED event and the wake-up ``pg_notify`` as one autocommit statement.
 
         The ORM path costs six round trips (pool ping, BEGIN, INSERT, event INSERT, NOTIFY,
         COMMIT); one statement is atomic by itself, so it needs no BEGIN/COMMIT, and the notify
-        is delivered when it commits, exactly like a NOTIFY inside a transaction.
+        is delivered when it commits, exactly like a NOTIFY inside a transaction. With an
+        idempotency key the existing task is looked up first (one more statement), and a
+        concurrent submit that wins the unique key in between is found and returned as before.
         """
         session = self.session
+        key, scope = row["idempotency_key"], row["idempotency_scope"]
         sql, json_columns = _one_statement_submit_sql(tuple(row))
         params = {name: json.dumps(value) if name in json_columns else value for name, value in row.items()}
         params["event_kind"] = TaskEventKind.SUBMITTED.value
         connection = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         try:
+            if key is not None:
+                existing = self._find_idempotent(scope, key)
+                if existing is not None:
+                    # Fully loaded by the lookup; detached so the autocommit connection goes
+                    # back to the pool now and later work on the session is transactional again.
+                    session.expunge(existing)
+                    session.commit()
+                    return SubmitOutcome(existing, False)
             # Plain driver SQL, built once per column set: compiling a Core CTE per request cost
             # more CPU than the round trip it saves.
             task_id = connection.exec_driver_sql(sql, params).scalar_one()
+        except IntegrityError:
+            session.rollback()
+            if key is None:
+                raise
+            # Two submits with one idempotency key raced; the other one won.
+            existing = self._find_idempotent(scope, key)
+            if existing is None:
+                raise
+            return SubmitOutcome(existing, False)
         except BaseException:
             session.rollback()
             raise
@@ -458,7 +478,7 @@ class AsyncTaskService:
         task.id = task_id
         make_transient_to_detached(task)
         self._announce_new_work()
-        return task
+        return SubmitOutcome(task, True)
 
     def _insert_many_postgres(self, rows: list[dict[str, Any]]) -> list[int]:
         """Insert validated rows column-wise (one array per column) with their SUBMITTED events.
