@@ -35,21 +35,21 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app
 from flask_mail import BadHeaderError, Connection, Message
-from sqlalchemy import Interval, event, func, literal, select, type_coerce, update
+from sqlalchemy import event, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import ColumnElement
 
 from ..extensions import db
+from .dbsession import SessionWriter
 from .errors import ValidationError
-from .models import Notification, NotificationStatus, UTCDateTime, utcnow
+from .models import Notification, NotificationStatus
 from .notify import is_email_address, validate_webhook_url
 from .processor import NotificationType, RetryStrategy
 from .retry import next_retry_delay
@@ -93,41 +93,11 @@ class DeliveryError(Exception):
 # -- the outbox's state changes -------------------------------------------------------------
 
 
-class NotificationOutbox:
+class NotificationOutbox(SessionWriter):
     """Claim due notifications and record their outcomes (fenced by the claim token).
 
     Times follow ``AsyncTaskService``: the database clock on PostgreSQL, Python's on SQLite.
     """
-
-    def __init__(self, session: Session | None = None) -> None:
-        self._session = session
-
-    @property
-    def session(self) -> Session:
-        return self._session or db.session()
-
-    @property
-    def is_postgres(self) -> bool:
-        return self.session.get_bind().dialect.name == "postgresql"
-
-    def now(self) -> ColumnElement[datetime]:
-        """The current time as a SQL expression (database clock on PostgreSQL)."""
-        if self.is_postgres:
-            return func.statement_timestamp(type_=UTCDateTime())
-        return literal(utcnow(), UTCDateTime())
-
-    def now_plus(self, seconds: float) -> ColumnElement[datetime]:
-        """``now() + seconds`` as a SQL expression."""
-        if self.is_postgres:
-            shifted = func.statement_timestamp() + literal(timedelta(seconds=seconds), Interval())
-            return type_coerce(shifted, UTCDateTime())
-        return literal(utcnow() + timedelta(seconds=seconds), UTCDateTime())
-
-    def begin_write(self) -> None:
-        """SQLite: take the write lock up front (BEGIN IMMEDIATE), as the task service does."""
-        session = self.session
-        if not session.in_transaction() and session.get_bind().dialect.name == "sqlite":
-            session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
 
     def claim_due(self, limit: int, lease_seconds: float) -> list[ClaimedNotification]:
         """Atomically claim up to ``limit`` due PENDING notifications, oldest due first.

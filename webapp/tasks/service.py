@@ -25,7 +25,6 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import (
     JSON,
-    Interval,
     Text,
     and_,
     cast,
@@ -37,14 +36,13 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    type_coerce,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.sql.elements import ColumnElement
 
-from ..extensions import db
+from .dbsession import SessionWriter
 from .direct import DirectConnection, pyformat
 from .errors import (
     InvalidPayload,
@@ -235,7 +233,7 @@ def engine_state() -> Any:
     return current_app.extensions["async_task"]
 
 
-class AsyncTaskService:
+class AsyncTaskService(SessionWriter):
     """Submit, read, cancel and retry tasks; claim, finish and recover them for consumers.
 
     Construct it with no arguments inside an application context; it uses the app's
@@ -243,29 +241,10 @@ class AsyncTaskService:
     """
 
     def __init__(self, registry: ProcessorRegistry | None = None, session: Session | None = None) -> None:
+        super().__init__(session)
         self.registry: ProcessorRegistry = registry or engine_state().registry
-        self._session = session
 
     # -- helpers ---------------------------------------------------------------------------
-
-    @property
-    def session(self) -> Session:
-        return self._session or db.session()
-
-    @property
-    def is_postgres(self) -> bool:
-        return self.session.get_bind().dialect.name == "postgresql"
-
-    def _now(self) -> ColumnElement[datetime]:
-        if self.is_postgres:
-            return func.statement_timestamp(type_=UTCDateTime())
-        return literal(utcnow(), UTCDateTime())
-
-    def _now_plus(self, seconds: float) -> ColumnElement[datetime]:
-        if self.is_postgres:
-            shifted = func.statement_timestamp() + literal(timedelta(seconds=seconds), Interval())
-            return type_coerce(shifted, UTCDateTime())
-        return literal(utcnow() + timedelta(seconds=seconds), UTCDateTime())
 
     def db_now(self) -> datetime:
         """Now by the database's clock: Python's, corrected by an offset measured once a minute.
@@ -285,19 +264,6 @@ class AsyncTaskService:
                 after = utcnow()
             engine.clock_offset = (measured, server - (before + (after - before) / 2))
         return utcnow() + engine.clock_offset[1]
-
-    def _begin_write(self) -> None:
-        """On SQLite, start the transaction with BEGIN IMMEDIATE so it can never fail to upgrade.
-
-        A deferred SQLite transaction that read first and writes later can be refused with
-        "database is locked" (busy snapshot) no matter how long it waits; taking the write lock
-        up front makes it wait in line instead. PostgreSQL needs nothing.
-        """
-        session = self.session
-        if session.in_transaction():
-            return
-        if session.get_bind().dialect.name == "sqlite":
-            session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
 
     def _event(self, task_id: int, kind: TaskEventKind, **fields: Any) -> dict[str, Any]:
         row = {"task_id": task_id, "kind": kind.value, "at": self.db_now()}
