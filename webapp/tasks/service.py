@@ -147,8 +147,10 @@ SUCCEED_SQL_DIRECT = pyformat(SUCCEED_SQL)
 
 # Bulk submit on PostgreSQL: one array a column instead of one parameter a cell, which keeps
 # a 1,000-task insert a single short statement; SUBMITTED events are written by the same call.
+# Payloads travel as one JSON array (one string to send, no per-element array quoting) and are
+# picked by position; the other columns are one typed array each.
 BULK_INSERT_COLUMNS = {
-    "task_type": "varchar", "priority": "integer", "payload": "jsonb", "max_retry_count": "integer",
+    "task_type": "varchar", "priority": "integer", "max_retry_count": "integer",
     "retry_strategy": "varchar", "retry_interval": "float8", "retry_max_delay": "float8",
     "retry_jitter": "float8", "created_by": "varchar", "next_run_at": "timestamptz",
     "notify_url": "varchar",
@@ -158,7 +160,8 @@ BULK_INSERT_SQL_POSTGRES = text(
     " INSERT INTO async_task (task_type, status, priority, payload, retry_count, max_retry_count,"
     " retry_strategy, retry_interval, retry_max_delay, retry_jitter, created_by, created_at,"
     " updated_at, next_run_at, attempts, recovery_count, notify_url)"
-    " SELECT v.task_type, 'PENDING', v.priority, v.payload, 0, v.max_retry_count, v.retry_strategy,"
+    " SELECT v.task_type, 'PENDING', v.priority, CAST(:payloads AS jsonb) -> CAST(v.position - 1 AS integer),"
+    " 0, v.max_retry_count, v.retry_strategy,"
     " v.retry_interval, v.retry_max_delay, v.retry_jitter, v.created_by, CAST(:now AS timestamptz),"
     " CAST(:now AS timestamptz), v.next_run_at, 0, 0, v.notify_url"
     " FROM unnest(" + ", ".join(f"CAST(:c_{name} AS {kind}[])" for name, kind in BULK_INSERT_COLUMNS.items())
@@ -452,11 +455,10 @@ class AsyncTaskService(SessionWriter):
         Ids come from the sequence in the order the SELECT feeds rows (ordered by position), so
         the ascending ids returned match the input order.
         """
-        columns = {name: [row[name] for row in rows] for name in BULK_INSERT_COLUMNS}
-        columns["payload"] = [json.dumps(p) for p in columns["payload"]]
-        now = rows[0]["created_at"]
-        params = {f"c_{name}": values for name, values in columns.items()}
-        ids = self.session.execute(BULK_INSERT_SQL_POSTGRES, {**params, "now": now}).scalars().all()
+        params: dict[str, Any] = {f"c_{name}": [row[name] for row in rows] for name in BULK_INSERT_COLUMNS}
+        params["payloads"] = json.dumps([row["payload"] for row in rows])
+        params["now"] = rows[0]["created_at"]
+        ids = self.session.execute(BULK_INSERT_SQL_POSTGRES, params).scalars().all()
         return sorted(ids)
 
     def _find_idempotent(self, scope: str | None, key: str | None) -> AsyncTask | None:
