@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from .errors import ValidationError
-from .models import WAITING_STATUSES, AsyncTask, TaskEventKind, TaskStatus
+from .models import WAITING_STATUSES, AsyncTask, TaskStatus
 from .service import AsyncTaskService, TaskFilter, validate_task_id
 
 MAX_SELECTED_IDS = 5000
@@ -185,30 +185,12 @@ class BulkOperations:
 
     def _apply_chunk(self, ids: list[int], action: BulkAction, actor: str | None) -> list[int]:
         service = self.service
-        service._begin_write()
-        now = service._now()
+        service.begin_write()
+        # The same conditional updates and events as a single cancel or retry: one rule, one place.
         if action is BulkAction.CANCEL:
-            values: dict[str, Any] = {"status": TaskStatus.CANCELLED.value, "finished_at": now,
-                                      "updated_at": now, "claim_token": None, "worker_id": None}
+            changed = service.cancel_waiting(ids, actor, message="bulk cancel")
         else:
-            values = {"status": TaskStatus.PENDING.value, "retry_count": 0, "recovery_count": 0,
-                      "next_run_at": now, "updated_at": now, "finished_at": None, "started_at": None,
-                      "claim_token": None, "worker_id": None}
-        changed = sorted(service.session.execute(
-            update(AsyncTask)
-            .where(AsyncTask.id.in_(ids), AsyncTask.status.in_(action.allowed_from))
-            .values(**values)
-            .returning(AsyncTask.id)
-            .execution_options(synchronize_session=False)
-        ).scalars().all())
-        if action is BulkAction.CANCEL:
-            events = [service._event(task_id, TaskEventKind.CANCELLED, to_status=TaskStatus.CANCELLED.value,
-                                     actor=actor, message="bulk cancel") for task_id in changed]
-        else:
-            events = [service._event(task_id, TaskEventKind.RETRIED, from_status=TaskStatus.FAILURE.value,
-                                     to_status=TaskStatus.PENDING.value, actor=actor,
-                                     message="bulk retry") for task_id in changed]
-        service._write_events(events)
+            changed = service.retry_failed(ids, actor, message="bulk retry")
         for task_id in changed:
             service.audit(actor, f"task.{action.value}", "task", task_id, detail={"via": "bulk"})
         if action is BulkAction.RETRY and changed:

@@ -680,22 +680,30 @@ class AsyncTaskService(SessionWriter):
         task_id = validate_task_id(task_id)
         self.session.rollback()
         self._begin_write()
-        changed = self.session.execute(
-            update(AsyncTask)
-            .where(AsyncTask.id == task_id, AsyncTask.status.in_(WAITING_STATUSES))
-            .values(status=TaskStatus.CANCELLED.value, finished_at=self._now(), updated_at=self._now(),
-                    claim_token=None, worker_id=None)
-            .returning(AsyncTask.status)
-            .execution_options(synchronize_session=False)
-        ).first()
-        if changed is None:
+        if not self.cancel_waiting([task_id], actor):
             return self._request_cancel(task_id, actor)
-        self._write_events([self._event(task_id, TaskEventKind.CANCELLED,
-                                        to_status=TaskStatus.CANCELLED.value, actor=actor)])
         if actor is not None:
             self.audit(actor, "task.cancel", "task", task_id)
         self.session.commit()
         return self.require_task(task_id)
+
+    def cancel_waiting(self, task_ids: Sequence[int], actor: str | None, message: str | None = None) -> list[int]:
+        """PENDING/RETRYING -> CANCELLED for these ids, with their events; the ids that changed.
+
+        No commit: ``cancel_task`` and bulk cancel (``bulk.py``) add their audit and commit.
+        """
+        now = self._now()
+        changed = sorted(self.session.execute(
+            update(AsyncTask)
+            .where(AsyncTask.id.in_(task_ids), AsyncTask.status.in_(WAITING_STATUSES))
+            .values(status=TaskStatus.CANCELLED.value, finished_at=now, updated_at=now,
+                    claim_token=None, worker_id=None)
+            .returning(AsyncTask.id)
+            .execution_options(synchronize_session=False)
+        ).scalars().all())
+        self._write_events([self._event(task_id, TaskEventKind.CANCELLED, to_status=TaskStatus.CANCELLED.value,
+                                        actor=actor, message=message) for task_id in changed])
+        return changed
 
     def _request_cancel(self, task_id: int, actor: str | None) -> AsyncTask:
         requested = self.session.execute(
@@ -777,25 +785,33 @@ class AsyncTaskService(SessionWriter):
         """FAILURE -> PENDING with the retry count back at 0. Any other status is refused."""
         task_id = validate_task_id(task_id)
         self._begin_write()
+        if not self.retry_failed([task_id], actor):
+            self.session.rollback()
+            self._refuse(task_id, actor, "retry", "only FAILURE tasks can be retried")
+        if actor is not None:
+            self.audit(actor, "task.retry", "task", task_id)
+        self._commit_new_work()
+        return self.require_task(task_id)
+
+    def retry_failed(self, task_ids: Sequence[int], actor: str | None, message: str | None = None) -> list[int]:
+        """FAILURE -> PENDING (retry count back at 0) for these ids, with events; the ids that changed.
+
+        No commit: ``retry_task`` and bulk retry (``bulk.py``) add their audit and commit.
+        """
         now = self._now()
-        changed = self.session.execute(
+        changed = sorted(self.session.execute(
             update(AsyncTask)
-            .where(AsyncTask.id == task_id, AsyncTask.status == TaskStatus.FAILURE.value)
+            .where(AsyncTask.id.in_(task_ids), AsyncTask.status == TaskStatus.FAILURE.value)
             .values(status=TaskStatus.PENDING.value, retry_count=0, recovery_count=0,
                     next_run_at=now, updated_at=now, finished_at=None, started_at=None,
                     claim_token=None, worker_id=None)
             .returning(AsyncTask.id)
             .execution_options(synchronize_session=False)
-        ).first()
-        if changed is None:
-            self.session.rollback()
-            self._refuse(task_id, actor, "retry", "only FAILURE tasks can be retried")
+        ).scalars().all())
         self._write_events([self._event(task_id, TaskEventKind.RETRIED, from_status=TaskStatus.FAILURE.value,
-                                        to_status=TaskStatus.PENDING.value, actor=actor)])
-        if actor is not None:
-            self.audit(actor, "task.retry", "task", task_id)
-        self._commit_new_work()
-        return self.require_task(task_id)
+                                        to_status=TaskStatus.PENDING.value, actor=actor, message=message)
+                            for task_id in changed])
+        return changed
 
     def _refuse(self, task_id: int, actor: str | None, action: str, rule: str) -> None:
         if actor is not None:
