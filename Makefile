@@ -45,8 +45,10 @@ typecheck: $(TEST_STAMP)
 services:
 	@bash .ci/services.sh
 
+## Debian packages the tests drive: Chromium (browser tests) and libfaketime (clock-skew fault test)
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v faketime >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null; } || echo "faketime not installed: the clock-skew fault test will be marked xfail"
 
 bench: $(TEST_STAMP) services
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || echo "wrk not installed: using the slower Python HTTP client"
