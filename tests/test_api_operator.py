@@ -72,3 +72,23 @@ def test_search_parameter(app: Flask, api: Api) -> None:
     found = api.get("/api/tasks?search=zebra").get_json()["items"]
     assert [task["id"] for task in found] == [hit]
     assert api.get("/api/tasks?search=" + "x" * 201).status_code == 422
+
+
+def test_progress_of_a_running_task_through_the_api(app: Flask, api: Api) -> None:
+    from tests.conftest import wait_until
+    from webapp.tasks.consumer import Consumer
+
+    task_id = api.submit(task_type="STEPS", payload={"steps": 8, "step_seconds": 0.25}).get_json()["id"]
+    consumer = Consumer(app, concurrency=1).start()
+    try:
+        def partial() -> dict | None:
+            body = api.get(f"/api/tasks/{task_id}").get_json()
+            running = body["status"] == "PROCESSING" and body["progress"] is not None
+            return body if running and 0 < body["progress"] < 1 else None
+
+        body = wait_until(partial, timeout=10, message="partial progress in the API")
+        assert body["progress_message"].startswith("step ")
+        wait_until(lambda: api.get(f"/api/tasks/{task_id}").get_json()["status"] == "SUCCESS",
+                   timeout=10, message="success")
+    finally:
+        consumer.stop(grace=2)
