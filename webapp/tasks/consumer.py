@@ -105,7 +105,10 @@ class Consumer:
             if db.engine.dialect.name == "postgresql" and self.app.config["ASYNC_TASK_DIRECT_CONNECTIONS"]:
                 # The dispatcher's claims and the finisher's success batches each get a connection
                 # of their own in autocommit: one round trip a statement (see direct.py).
-                self._claim_direct = DirectConnection(db.engine.url)
+                # Claims need not wait for their WAL flush: a claim a database crash forgets puts the
+                # task back to PENDING, and the attempt's finish is then refused by its token, so
+                # the task runs again (at least once, as after any crash). Outcomes stay durable.
+                self._claim_direct = DirectConnection(db.engine.url, durable=False)
                 self._finish_direct = DirectConnection(db.engine.url)
         for index in range(self.concurrency):
             thread = threading.Thread(target=self._work_loop, name=f"task-worker-{index}", daemon=True)

@@ -31,7 +31,7 @@ def pyformat(sql: str) -> str:
 class DirectConnection:
     """An autocommit psycopg connection, opened on first use and reopened after a failure."""
 
-    def __init__(self, url: URL) -> None:
+    def __init__(self, url: URL, *, durable: bool = True) -> None:
         threshold = url.query.get("prepare_threshold")
         self._prepare_threshold: int | None = 5
         if isinstance(threshold, str):
@@ -39,6 +39,7 @@ class DirectConnection:
         plain = url.difference_update_query(["prepare_threshold"]).set(drivername="postgresql")
         self._conninfo = plain.render_as_string(hide_password=False)
         self._connection: psycopg.Connection[Any] | None = None
+        self._durable = durable
 
     def execute(self, sql: str, params: dict[str, Any]) -> list[Any]:
         """Run one statement (committed by itself) and return its rows."""
@@ -54,6 +55,8 @@ class DirectConnection:
             connection = psycopg.connect(self._conninfo, autocommit=True, row_factory=namedtuple_row)
             connection.prepare_threshold = self._prepare_threshold
             connection.execute("SET enable_sort = off")
+            if not self._durable:
+                connection.execute("SET synchronous_commit = off")
             self._connection = connection
         return self._connection
 
