@@ -299,6 +299,9 @@ def test_direct_connections_carry_claims_and_successes(make_app):
     assert consumer._claim_direct is not None and consumer._finish_direct is not None
     wait_until(lambda: all_status(app, ids, "SUCCESS"), message="drained")
     assert consumer._claim_direct._connection is not None  # used, and kept open
+    # Claims skip the WAL-flush wait; outcomes keep it (see docs/architecture.md).
+    assert consumer._claim_direct.execute("SHOW synchronous_commit", {})[0][0] == "off"
+    assert consumer._finish_direct.execute("SHOW synchronous_commit", {})[0][0] == "on"
     with app.app_context():
         service = AsyncTaskService()
         assert [e.kind for e in service.events_for(ids[0])] == ["SUBMITTED", "CLAIMED", "SUCCEEDED"]
