@@ -234,3 +234,14 @@ class LoginThrottle:
         horizon = time.monotonic() - self.policy.window.total_seconds()
         while failures and failures[0] < horizon:
             failures.popleft()
+
+
+def record_login(user_id: int) -> None:
+    """Stamp the user's last login (the caller commits, with its audit entry)."""
+    db.session.execute(db.update(User).where(User.id == user_id).values(last_login_at=utcnow()))
+
+
+def end_all_sessions(user_id: int) -> None:
+    """Bump the session generation: every session cookie issued to the user stops working."""
+    db.session.execute(db.update(User).where(User.id == user_id)
+                       .values(session_generation=User.session_generation + 1))

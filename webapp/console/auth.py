@@ -26,9 +26,14 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import Forbidden
 
 from ..accounts.models import ROLE_RANK, Role, User
-from ..accounts.users import LoginThrottle, authenticate, begin_write
+from ..accounts.users import (
+    LoginThrottle,
+    authenticate,
+    begin_write,
+    end_all_sessions,
+    record_login,
+)
 from ..extensions import db
-from ..tasks.models import utcnow
 from ..tasks.service import AsyncTaskService
 
 bp = Blueprint("auth", __name__)
@@ -211,7 +216,7 @@ def login() -> Any:
     session["gen"] = generation
     session.permanent = True
     begin_write()
-    db.session.execute(db.update(User).where(User.id == identity.id).values(last_login_at=utcnow()))
+    record_login(identity.id)
     AsyncTaskService().audit(identity.username, "login", "user", identity.username,
                              detail={"ip": request.remote_addr})
     db.session.commit()
@@ -224,9 +229,7 @@ def logout() -> Any:
     user = current_user()
     if user is not None:
         begin_write()
-        # Ends this session and every copy of it (and the user's other sessions): see User.
-        db.session.execute(db.update(User).where(User.id == user.id)
-                           .values(session_generation=User.session_generation + 1))
+        end_all_sessions(user.id)  # this session, every copy of it, and the user's others
         AsyncTaskService().audit(user.username, "logout", "user", user.username)
         db.session.commit()
     session.clear()
