@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
 
 from flask import Response, flash, make_response, redirect, render_template, request, url_for
 from flask_babel import gettext
@@ -33,6 +32,7 @@ from ..tasks.notifications_service import (
 from ..tasks.processor import NotificationType
 from ..tasks.service import validate_task_id
 from .auth import actor_name, current_user, is_htmx, requires, safe_next
+from .task_query import KeysetQueryString
 from .views import bp, error_response, hx_target, render
 
 DEFAULT_LIMIT = 50
@@ -43,7 +43,7 @@ NOTIFICATION_TYPES = [kind.value for kind in NotificationType]
 
 
 @dataclass
-class NotificationQuery:
+class NotificationQuery(KeysetQueryString):
     """A parsed notifications request: the filter, the page, and what the form should show."""
 
     filters: NotificationFilter = field(default_factory=NotificationFilter)
@@ -66,12 +66,6 @@ class NotificationQuery:
             params.append(("limit", str(self.limit)))
         return params
 
-    def query_string(self, cursor: int | None = None) -> str:
-        """Canonical query string of the filter, continuing at ``cursor`` when given."""
-        params = self.filter_params()
-        if cursor is not None:
-            params.append(("cursor", str(cursor)))
-        return urlencode(params)
 
     def url(self, cursor: int | None = None) -> str:
         """The page's canonical URL for this filter (and ``cursor``)."""

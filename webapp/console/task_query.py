@@ -31,8 +31,22 @@ MAX_LIMIT = 200
 MAX_SEARCH = 200
 
 
+class KeysetQueryString:
+    """The canonical query string of a filtered, keyset-paged page (tasks, notifications)."""
+
+    def filter_params(self) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
+    def query_string(self, cursor: int | None = None) -> str:
+        """Canonical query string of the filter, continuing at ``cursor`` when given."""
+        params = self.filter_params()
+        if cursor is not None:
+            params.append(("cursor", str(cursor)))
+        return urlencode(params)
+
+
 @dataclass
-class TaskQuery:
+class TaskQuery(KeysetQueryString):
     """A parsed task-list request: the filter, the page, and what the form should show."""
 
     filters: TaskFilter = field(default_factory=TaskFilter)
@@ -71,12 +85,6 @@ class TaskQuery:
             params.append(("limit", str(self.limit)))
         return params
 
-    def query_string(self, cursor: int | None = None) -> str:
-        """Canonical query string of the filter, continuing at ``cursor`` when given."""
-        params = self.filter_params()
-        if cursor is not None:
-            params.append(("cursor", str(cursor)))
-        return urlencode(params)
 
 
 def _form_time(value: datetime | None) -> str:
