@@ -319,10 +319,19 @@ def verify_webhook_signature(secret: str, timestamp: str, body: bytes, signature
 
 
 def refused_address_reason(address: str) -> str | None:
-    """Why a webhook may not go to this IP address (private, loopback, ...), or None."""
+    """Why a webhook may not go to this IP address (anything not globally routable), or None.
+
+    An IPv6 address that carries an IPv4 address (IPv4-mapped, 6to4, Teredo) is judged by the
+    IPv4 address it carries, since that is where its packets end up.
+    """
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        for form, embedded in _embedded_ipv4(ip):
+            reason = refused_address_reason(str(embedded))
+            if reason is not None:
+                return f"{reason} (inside the {form} address {ip})"
+        if ip.is_site_local:
+            return f"site-local address {ip}"
     # Most specific first: Python also counts loopback and link-local ranges as "private".
     for label, flag in (("loopback", ip.is_loopback), ("unspecified", ip.is_unspecified),
                         ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
@@ -332,6 +341,19 @@ def refused_address_reason(address: str) -> str | None:
     if not ip.is_global:
         return f"non-public address {ip}"
     return None
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4Address]]:
+    """The IPv4 addresses an IPv6 address carries, each with the name of its form."""
+    found: list[tuple[str, ipaddress.IPv4Address]] = []
+    if ip.ipv4_mapped is not None:
+        found.append(("IPv4-mapped", ip.ipv4_mapped))
+    if ip.sixtofour is not None:
+        found.append(("6to4", ip.sixtofour))
+    if ip.teredo is not None:
+        server, client = ip.teredo
+        found += [("Teredo", server), ("Teredo", client)]
+    return found
 
 
 def resolve_webhook_target(host: str, port: int, allow_private: bool) -> tuple[Any, Any]:

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EMAIL_PATTERN = re.compile(r"^[^@\s<>\"',;]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                           r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+# Used with fullmatch: "$" would also match before a final newline ("a@example.com\n").
+EMAIL_PATTERN = re.compile(r"[^@\s<>\"',;]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                           r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
 MAX_SUBJECT = 500
 MAX_RECIPIENT = 2000
 MAX_RESULT_IN_MAIL = 4000
@@ -37,7 +38,7 @@ DEFAULT_TEMPLATE = "email/task_finished"
 
 def is_email_address(value: str | None) -> bool:
     """A single plain address (``user@example.com``), no display name, no list."""
-    return bool(value) and len(value or "") <= 254 and EMAIL_PATTERN.match(value or "") is not None
+    return bool(value) and len(value or "") <= 254 and EMAIL_PATTERN.fullmatch(value or "") is not None
 
 
 def validate_webhook_url(url: Any, field: str = "notify_url") -> str:
