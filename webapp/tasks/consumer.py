@@ -476,25 +476,33 @@ class Consumer:
     def _recover(self) -> None:
         with self.app.app_context():
             try:
-                if self.locks is not None:
-                    try:
-                        # TTL below the 3-beat stale threshold: a sweeper killed while holding it
-                        # must not delay the recovery of its own tasks (overlapping sweeps are
-                        # harmless, every recovery is a conditional update).
-                        with self.locks.sweep_lock(ttl_seconds=self.heartbeat_interval * 2) as mine:
-                            if not mine:
-                                return
-                            self._sweep()
-                        self._redis_up()
-                    except RedisUnavailable as exc:
-                        self._redis_down(exc)
-                        self._sweep()
-                else:
+                if self.locks is None:
                     self._sweep()
+                else:
+                    self._sweep_under_redis_lock(self.locks)
             except Exception:
                 log.exception("recovery sweep failed")
             finally:
                 db.session.remove()
+
+    def _sweep_under_redis_lock(self, locks: TaskLocks) -> None:
+        """Sweep while holding the sweep lock; without Redis, sweep anyway (it is conditional)."""
+        swept = False
+        try:
+            # TTL below the 3-beat stale threshold: a sweeper killed while holding it must not
+            # delay the recovery of its own tasks (overlapping sweeps are harmless, every
+            # recovery is a conditional update).
+            with locks.sweep_lock(ttl_seconds=self.heartbeat_interval * 2) as mine:
+                if mine:
+                    self._sweep()
+                    swept = True
+        except RedisUnavailable as exc:
+            self._redis_down(exc)
+            if not swept:
+                self._sweep()
+        else:
+            # Every round trip of the block was answered (taking and releasing the lock).
+            self._redis_up()
 
     def _purge_expired(self) -> None:
         """Retention: drop finished tasks older than ASYNC_TASK_RETENTION_DAYS (hourly)."""

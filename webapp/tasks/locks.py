@@ -98,21 +98,30 @@ class TaskLocks:
 
     @contextmanager
     def sweep_lock(self, ttl_seconds: float) -> Iterator[bool]:
-        """Hold the recovery-sweep lock while the block runs; yields False if another holds it."""
+        """Hold the recovery-sweep lock while the block runs; yields False if another holds it.
+
+        A release that Redis does not answer raises ``RedisUnavailable`` once the block is done
+        (the lock then expires by itself): the caller must not take the block for proof that
+        Redis is up.
+        """
         key = f"{self.prefix}lock:recovery-sweep"
         token = uuid.uuid4().hex
         try:
             acquired = bool(self.client.set(key, token, nx=True, px=max(1000, int(ttl_seconds * 1000))))
         except redis.RedisError as exc:
             raise RedisUnavailable(str(exc)) from exc
+        release_failed: redis.RedisError | None = None
         try:
             yield acquired
         finally:
             if acquired:
                 try:
                     self._release(keys=[key], args=[token])
-                except redis.RedisError:
+                except redis.RedisError as exc:
                     log.warning("could not release the recovery-sweep lock; it expires by itself")
+                    release_failed = exc
+        if release_failed is not None:
+            raise RedisUnavailable(f"could not release the recovery-sweep lock: {release_failed}")
 
     def ping(self) -> bool:
         try:
