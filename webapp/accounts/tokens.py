@@ -20,6 +20,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..extensions import db
+from ..tasks.audit import record_audit
 from ..tasks.models import utcnow
 from .models import ApiToken
 
@@ -210,9 +211,7 @@ def _stamp_last_used(token_id: int, now: datetime) -> None:
 
 
 def _audit(actor: str, action: str, name: str, outcome: str = "ok", detail: dict | None = None) -> None:
-    from ..tasks.service import AsyncTaskService
-
-    AsyncTaskService().audit(actor, action, "api_token", name, outcome=outcome, detail=detail)
+    record_audit(actor, action, "api_token", name, outcome=outcome, detail=detail)
 
 
 def audit_refusal(actor: str, action: str, name: str, reason: str) -> None:

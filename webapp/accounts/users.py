@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from ..extensions import db
+from ..tasks.audit import record_audit
 from ..tasks.errors import ValidationError
 from ..tasks.models import AuditEntry, utcnow
 from .models import Role, User
@@ -96,8 +97,6 @@ def list_users() -> list[User]:
 
 def create_user(username: str, password: str, role: str, actor: str | None = None) -> User:
     """Create a user with a hashed password; the change is audited. Bad input writes nothing."""
-    from ..tasks.service import AsyncTaskService
-
     name = validate_username(username)
     role_value = validate_role(role)
     validate_password(password)
@@ -108,33 +107,29 @@ def create_user(username: str, password: str, role: str, actor: str | None = Non
     user = User(username=name, password_hash=generate_password_hash(password), role=role_value,
                 active=True, created_at=utcnow())
     db.session.add(user)
-    AsyncTaskService().audit(actor, "user.create", "user", name, detail={"role": role_value})
+    record_audit(actor, "user.create", "user", name, detail={"role": role_value})
     db.session.commit()
     return user
 
 
 def set_user_role(username: str, role: str, actor: str | None) -> User:
     """Change a user's role (audited)."""
-    from ..tasks.service import AsyncTaskService
-
     begin_write()
     user = _require_user(username)
     previous = user.role
     user.role = validate_role(role)
-    AsyncTaskService().audit(actor, "user.role", "user", user.username,
-                             detail={"from": previous, "to": user.role})
+    record_audit(actor, "user.role", "user", user.username,
+                 detail={"from": previous, "to": user.role})
     db.session.commit()
     return user
 
 
 def set_user_active(username: str, active: bool, actor: str | None) -> User:
     """Enable or disable a user's login (audited); a disabled user is logged out on next request."""
-    from ..tasks.service import AsyncTaskService
-
     begin_write()
     user = _require_user(username)
     user.active = active
-    AsyncTaskService().audit(actor, "user.enable" if active else "user.disable", "user", user.username)
+    record_audit(actor, "user.enable" if active else "user.disable", "user", user.username)
     db.session.commit()
     return user
 

@@ -18,8 +18,9 @@ from typing import Any
 from sqlalchemy import func, select
 
 from .errors import ValidationError
-from .models import WAITING_STATUSES, AsyncTask, TaskStatus
+from .models import AsyncTask
 from .service import AsyncTaskService, TaskFilter, validate_task_id
+from .transitions import starting_statuses
 
 MAX_SELECTED_IDS = 5000
 CHUNK_SIZE = 500
@@ -39,9 +40,7 @@ class BulkAction(enum.StrEnum):
         (``AsyncTaskService.cancel_task`` on one task does that), which is not a bulk change
         of status an operator could preview.
         """
-        if self is BulkAction.CANCEL:
-            return WAITING_STATUSES
-        return (TaskStatus.FAILURE.value,)
+        return starting_statuses(self.value)
 
 
 def parse_action(value: Any) -> BulkAction:

@@ -42,6 +42,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.sql.elements import ColumnElement
 
+from .audit import record_audit
 from .dbsession import SessionWriter
 from .direct import DirectConnection, pyformat
 from .errors import (
@@ -55,7 +56,6 @@ from .models import (
     TERMINAL_STATUSES,
     WAITING_STATUSES,
     AsyncTask,
-    AuditEntry,
     Notification,
     TaskEvent,
     TaskEventKind,
@@ -68,6 +68,7 @@ from .models import (
 from .processor import TaskInfo, TaskProcessor, TaskResult
 from .registry import ProcessorRegistry, payload_from_json
 from .retry import next_retry_delay
+from .transitions import may, refusal_message, starting_statuses
 
 log = logging.getLogger(__name__)
 
@@ -283,10 +284,7 @@ class AsyncTaskService(SessionWriter):
     def audit(self, actor: str | None, action: str, target_type: str | None, target_id: Any,
               outcome: str = "ok", detail: dict[str, Any] | None = None) -> None:
         """Record an operator action in the audit log (committed with the caller's transaction)."""
-        self.session.add(AuditEntry(
-            actor=actor, action=action, target_type=target_type,
-            target_id=None if target_id is None else str(target_id), outcome=outcome, detail=detail,
-        ))
+        record_audit(actor, action, target_type, target_id, outcome, detail, session=self.session)
 
     def processor_for(self, task_type: str) -> TaskProcessor:
         processor = self.registry.get(task_type)
@@ -695,7 +693,7 @@ class AsyncTaskService(SessionWriter):
         now = self._now()
         changed = sorted(self.session.execute(
             update(AsyncTask)
-            .where(AsyncTask.id.in_(task_ids), AsyncTask.status.in_(WAITING_STATUSES))
+            .where(AsyncTask.id.in_(task_ids), AsyncTask.status.in_(starting_statuses("cancel")))
             .values(status=TaskStatus.CANCELLED.value, finished_at=now, updated_at=now,
                     claim_token=None, worker_id=None)
             .returning(AsyncTask.id)
@@ -708,7 +706,7 @@ class AsyncTaskService(SessionWriter):
     def _request_cancel(self, task_id: int, actor: str | None) -> AsyncTask:
         requested = self.session.execute(
             update(AsyncTask)
-            .where(AsyncTask.id == task_id, AsyncTask.status == TaskStatus.PROCESSING.value,
+            .where(AsyncTask.id == task_id, AsyncTask.status.in_(starting_statuses("request_cancel")),
                    AsyncTask.cancel_requested_at.is_(None))
             .values(cancel_requested_at=self._now(), updated_at=self._now())
             .returning(AsyncTask.attempts)
@@ -717,14 +715,13 @@ class AsyncTaskService(SessionWriter):
         if requested is None:
             self.session.rollback()
             task = self.get_task(task_id)
-            if task is not None and task.status == TaskStatus.PROCESSING.value:
+            if task is not None and may("request_cancel", task.status):
                 return task  # already requested: asking twice changes nothing
-            if task is not None and task.status in WAITING_STATUSES:
+            if task is not None and may("cancel", task.status):
                 # The attempt ended (retry scheduled, released, recovered) between our two
                 # statements: the task is cancellable again, so cancel it rather than refuse.
                 return self.cancel_task(task_id, actor)
-            self._refuse(task_id, actor, "cancel",
-                         "only PENDING, RETRYING or PROCESSING tasks can be cancelled")
+            self._refuse(task_id, actor, "cancel")
         self._write_events([self._event(task_id, TaskEventKind.CANCEL_REQUESTED, actor=actor,
                                         attempt=requested.attempts if requested else None,
                                         message="cancel requested while running; the processor "
@@ -740,10 +737,9 @@ class AsyncTaskService(SessionWriter):
         The original row is never changed; both timelines record the link.
         """
         original = self.require_task(task_id)
-        if original.status not in (TaskStatus.FAILURE.value, TaskStatus.CANCELLED.value):
-            raise InvalidTransition(
-                f"cannot edit and retry task {original.id}: it is {original.status}; only FAILURE or "
-                f"CANCELLED tasks can be resubmitted", current_status=original.status)
+        if not may("resubmit", original.status):
+            raise InvalidTransition(refusal_message("resubmit", original.status, original.id),
+                                    current_status=original.status)
         outcome = self.submit(original.task_type, payload, original.priority, original.created_by,
                               notify_url=original.notify_url, parent_id=original.id, commit=False)
         new_task = outcome.task
@@ -787,7 +783,7 @@ class AsyncTaskService(SessionWriter):
         self._begin_write()
         if not self.retry_failed([task_id], actor):
             self.session.rollback()
-            self._refuse(task_id, actor, "retry", "only FAILURE tasks can be retried")
+            self._refuse(task_id, actor, "retry")
         if actor is not None:
             self.audit(actor, "task.retry", "task", task_id)
         self._commit_new_work()
@@ -801,7 +797,7 @@ class AsyncTaskService(SessionWriter):
         now = self._now()
         changed = sorted(self.session.execute(
             update(AsyncTask)
-            .where(AsyncTask.id.in_(task_ids), AsyncTask.status == TaskStatus.FAILURE.value)
+            .where(AsyncTask.id.in_(task_ids), AsyncTask.status.in_(starting_statuses("retry")))
             .values(status=TaskStatus.PENDING.value, retry_count=0, recovery_count=0,
                     next_run_at=now, updated_at=now, finished_at=None, started_at=None,
                     claim_token=None, worker_id=None)
@@ -813,7 +809,7 @@ class AsyncTaskService(SessionWriter):
                             for task_id in changed])
         return changed
 
-    def _refuse(self, task_id: int, actor: str | None, action: str, rule: str) -> None:
+    def _refuse(self, task_id: int, actor: str | None, action: str) -> None:
         if actor is not None:
             # The refusal is audited: on SQLite a read later upgraded to a write can fail with
             # "database is locked", so take the write lock before reading.
@@ -826,8 +822,7 @@ class AsyncTaskService(SessionWriter):
             self.audit(actor, f"task.{action}", "task", task_id, outcome="refused",
                        detail={"status": task.status})
             self.session.commit()
-        raise InvalidTransition(f"cannot {action} task {task_id}: it is {task.status}; {rule}",
-                                current_status=task.status)
+        raise InvalidTransition(refusal_message(action, task.status, task_id), current_status=task.status)
 
     # -- consumer side: claim, finish, release -----------------------------------------------
 
