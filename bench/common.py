@@ -228,7 +228,7 @@ def app_env(url: str, **settings: Any) -> dict[str, str]:
     env.update({
         "DATABASE_URL": url,
         "ASYNC_TASK_PROCESSORS": PROCESSORS,
-        "SECRET_KEY": "bench-secret",
+        "SECRET_KEY": "bench-secret-5f0e9d8c7b6a5f4e3d2c1b0a9f8e",
         "DOTENV_PATH": os.devnull,
         "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
         "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),  # the shipped default

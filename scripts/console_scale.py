@@ -144,7 +144,7 @@ def make_app(name: str) -> Any:
     from webapp.accounts.models import User
     from webapp.accounts.users import create_user
 
-    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url(name), "SECRET_KEY": "console-scale",
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url(name), "SECRET_KEY": "console-scale-5f0e9d8c7b6a5f4e3d2c1b0a",
                       "ASYNC_TASK_PROCESSORS": ["webapp.examples"], "SESSION_COOKIE_SECURE": False,
                       "ASYNC_TASK_CONSUMER_ENABLED": False})
     with app.app_context():

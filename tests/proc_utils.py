@@ -56,7 +56,7 @@ def worker_environment(database_url: str, *, redis_url: str | None, lock_prefix:
         "PYTHONPATH": str(ROOT),
         "PYTHONUNBUFFERED": "1",
         "LOG_LEVEL": "INFO",
-        "SECRET_KEY": "proc-test-secret",
+        "SECRET_KEY": "proc-test-secret-5f0e9d8c7b6a5f4e3d2c1b0a",
         "DATABASE_URL": database_url,
         "ASYNC_TASK_PROCESSORS": "tests.proc_processors",
         "ASYNC_TASK_REDIS_LOCK_PREFIX": lock_prefix,

@@ -53,7 +53,7 @@ def process_environment(pg_url: str, tmp_path: Path, smtp: SMTPServer | None, **
         "PYTHONUNBUFFERED": "1",
         "DOTENV_PATH": str(tmp_path / "no-such.env"),
         "FLASK_APP": "webapp",
-        "SECRET_KEY": "gunicorn-test-secret",
+        "SECRET_KEY": "gunicorn-test-secret-5f0e9d8c7b6a5f4e3d2c",
         "DATABASE_URL": pg_url,
         "ASYNC_TASK_PROCESSORS": "tests.deploy_processors",
         "ASYNC_TASK_POLL_INTERVAL": "0.2",

@@ -80,7 +80,7 @@ def test_installed_app_migrates_and_serves_the_console_from_any_folder(installed
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     database = tmp_path / "installed.sqlite3"
-    env = clean_environment(DATABASE_URL=f"sqlite:///{database}", SECRET_KEY="packaging-test-secret",
+    env = clean_environment(DATABASE_URL=f"sqlite:///{database}", SECRET_KEY="packaging-test-secret-5f0e9d8c7b6a5f4e3d2c",
                             DOTENV_PATH=str(tmp_path / "no-such.env"))
 
     where = subprocess.run([str(installed / "bin" / "python"), "-c", "import webapp; print(webapp.__file__)"],

@@ -18,6 +18,7 @@ from .dbliveness import SUPPORTED as LIVENESS_CHECK_SUPPORTED
 from .dbliveness import install_liveness_check
 from .extensions import csrf, db, mail, migrate
 from .logging_setup import configure_logging
+from .startup_checks import refuse_weak_secret_key, running_flask_command
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -36,6 +37,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     os.makedirs(app.instance_path, exist_ok=True)
     settings = load_settings(app.instance_path, config)
     app.config.update(settings)
+    refuse_weak_secret_key(app.config, app.debug)
+    if running_flask_command():
+        # db upgrade, tokens, tasks worker (which builds its own): no embedded consumer, whatever
+        # app module the command names (webapp/startup_checks.py).
+        app.config["ASYNC_TASK_CONSUMER_ENABLED"] = False
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _instance_secret_key(app.instance_path)
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", _engine_options(app.config))
