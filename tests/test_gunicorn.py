@@ -60,6 +60,8 @@ def process_environment(pg_url: str, tmp_path: Path, smtp: SMTPServer | None, **
         "ASYNC_TASK_HEARTBEAT_INTERVAL": "0.5",
         "ASYNC_TASK_SHUTDOWN_GRACE": "5",
         "ASYNC_TASK_NOTIFY_RETRY_BASE": "0.5",
+        "ASYNC_TASK_METRICS_PUBLIC": "true",  # scraped without a token, fresh on every request
+        "ASYNC_TASK_METRICS_CACHE_SECONDS": "0.001",
         "ASYNC_TASK_REDIS_LOCK_PREFIX": f"test-{RUN_ID}-gunicorn:",
         RUN_LOG_ENV: str(tmp_path / "runs.log"),
     })

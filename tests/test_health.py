@@ -17,6 +17,10 @@ from webapp import create_app
 from webapp.extensions import db
 
 NOBODY = "127.0.0.1"
+# Anyone gets readiness states only; the error's type comes with a token (issue 10 item 24).
+OPS_TOKEN = "ops-token-5f0e9d8c7b6a5f4e3d2c1b0a"
+OPS = {"ASYNC_TASK_METRICS_TOKEN": OPS_TOKEN}
+WITH_TOKEN = {"Authorization": f"Bearer {OPS_TOKEN}"}
 
 
 def app_on_unreachable_database(tmp_path, **config) -> Flask:
@@ -59,8 +63,8 @@ def test_unconfigured_redis_and_smtp_do_not_count(make_app):
 
 
 def test_database_down_is_503_naming_only_the_error_type(tmp_path):
-    app = app_on_unreachable_database(tmp_path, MAIL_SERVER=None)
-    response = app.test_client().get("/readyz")
+    app = app_on_unreachable_database(tmp_path, MAIL_SERVER=None, **OPS)
+    response = app.test_client().get("/readyz", headers=WITH_TOKEN)
     assert response.status_code == 503
     body = response.get_json()
     assert body["status"] == "unavailable"
@@ -77,8 +81,8 @@ def test_redis_down_is_503(make_app):
 
 
 def test_smtp_refusing_is_503(make_app):
-    app = make_app("sqlite", MAIL_SERVER=NOBODY, MAIL_PORT=free_port())
-    response = app.test_client().get("/readyz")
+    app = make_app("sqlite", MAIL_SERVER=NOBODY, MAIL_PORT=free_port(), **OPS)
+    response = app.test_client().get("/readyz", headers=WITH_TOKEN)
     assert response.status_code == 503
     assert response.get_json()["smtp"].startswith("error: ConnectionRefusedError")
 
@@ -86,9 +90,9 @@ def test_smtp_refusing_is_503(make_app):
 def test_smtp_hanging_is_503_within_the_check_timeout(make_app):
     silent = SilentServer().start()
     try:
-        app = make_app("sqlite", MAIL_SERVER=NOBODY, MAIL_PORT=silent.port)
+        app = make_app("sqlite", MAIL_SERVER=NOBODY, MAIL_PORT=silent.port, **OPS)
         began = time.monotonic()
-        response = app.test_client().get("/readyz")
+        response = app.test_client().get("/readyz", headers=WITH_TOKEN)
         elapsed = time.monotonic() - began
     finally:
         silent.stop()
@@ -98,8 +102,9 @@ def test_smtp_hanging_is_503_within_the_check_timeout(make_app):
 
 
 def test_operations_endpoints_need_no_login(make_app):
-    """The console guards its own blueprints; the health blueprint stays open to probes."""
-    app = make_app("sqlite", MAIL_SERVER=None)
+    """The console guards its own blueprints; the health blueprint stays open to probes
+    (/metrics once ASYNC_TASK_METRICS_PUBLIC opens it explicitly)."""
+    app = make_app("sqlite", MAIL_SERVER=None, ASYNC_TASK_METRICS_PUBLIC=True)
     client = app.test_client()
     for path in ("/healthz", "/readyz", "/metrics"):
         response = client.get(path)

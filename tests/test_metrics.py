@@ -19,6 +19,15 @@ from webapp.tasks import AsyncTaskService
 from webapp.tasks.consumer import Consumer
 from webapp.tasks.models import AsyncTask, utcnow
 
+# /metrics needs a token unless opened explicitly; these tests read it open and fresh each time.
+OPEN = {"ASYNC_TASK_METRICS_PUBLIC": True, "ASYNC_TASK_METRICS_CACHE_SECONDS": 0.001}
+
+
+@pytest.fixture
+def app(make_app, backend):
+    """An app on each backend with /metrics opened explicitly and never served from its cache."""
+    return make_app(backend, **OPEN)
+
 
 def scrape(client, **headers) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """GET /metrics and index every sample by (name, sorted labels)."""
@@ -114,7 +123,7 @@ def test_empty_database_gives_zeros(app):
 
 
 def test_notifications_by_status(make_app):
-    app = make_app("sqlite", MAIL_SERVER="127.0.0.1", MAIL_PORT=1)  # refused: stays PENDING (retry)
+    app = make_app("sqlite", MAIL_SERVER="127.0.0.1", MAIL_PORT=1, **OPEN)  # refused: stays PENDING (retry)
     with app.app_context():
         ids = [AsyncTaskService().submit_task("NOOP", {}, created_by=f"user{i}@example.com").id for i in range(2)]
     consumer = Consumer(app, concurrency=2).start()
@@ -131,7 +140,7 @@ def notification_total(samples) -> float:
 
 def test_label_values_are_escaped(make_app):
     """A task type with quotes, backslashes and a newline cannot break the exposition."""
-    app = make_app("sqlite")
+    app = make_app("sqlite", **OPEN)
     with app.app_context():
         service = AsyncTaskService()
         task_id = service.submit_task("NOOP", {}).id
@@ -163,7 +172,7 @@ def test_token_protects_metrics_when_configured(make_app, header, status):
 
 def test_a_duration_exactly_on_a_bound_counts_in_that_bucket(make_app):
     """Prometheus buckets are inclusive (``le``): 0.25 s belongs to ``le="0.25"``."""
-    app = make_app("postgres")
+    app = make_app("postgres", **OPEN)
     with app.app_context():
         service = AsyncTaskService()
         ids = [service.submit_task("NOOP", {}).id for _ in range(3)]

@@ -117,6 +117,8 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     # Operations (docs/deploy.md): log format, /metrics bearer token, a direct URL for LISTEN.
     "ASYNC_TASK_LOG_FORMAT": (_log_format, "text"),
     "ASYNC_TASK_METRICS_TOKEN": (_optional_str, None),
+    "ASYNC_TASK_METRICS_PUBLIC": (_parse_bool, False),
+    "ASYNC_TASK_METRICS_CACHE_SECONDS": (_positive_float, 10.0),
     "ASYNC_TASK_LISTEN_DATABASE_URL": (_optional_str, None),
 }
 

@@ -40,6 +40,12 @@ def require_api_token() -> None:
     g.api_token = identity
 
 
+def optional_token() -> TokenIdentity | None:
+    """The identity of a valid bearer token on a public endpoint's request, or ``None``."""
+    token = bearer_token_from_header(request.headers.get("Authorization"))
+    return verify_token_cached(token) if token is not None else None
+
+
 def current_token() -> TokenIdentity:
     """The identity of the token that authenticated this request."""
     identity = g.get("api_token")

@@ -26,7 +26,8 @@ Submit, inspect, cancel and retry background tasks.
 **Authentication.** Every call needs `Authorization: Bearer <token>`; create a token with
 `flask tokens create NAME` (it is printed once; only its SHA-256 is stored) and revoke it with
 `flask tokens revoke NAME`. A missing, unknown or revoked token gets 401. This document itself
-(`GET /api/openapi.json`) is public, so tools can read it without a secret; it holds none.
+(`GET /api/openapi.json`) is public, so tools can read it without a secret; it holds none,
+and names the registered task types and their payload schemas only when asked with a token.
 
 **Errors** are always JSON: `{"error": {"code": "...", "message": "...", "field": "..."}}`
 (`field` names the offending input when there is one). Malformed JSON 400, bad token 401,
@@ -133,14 +134,15 @@ def _common_submission_properties() -> dict[str, Any]:
     }
 
 
-def submission_variants(registry: ProcessorRegistry, with_idempotency: bool) -> list[dict[str, Any]]:
-    """One object schema per registered task type (a generic one when none is registered)."""
+def submission_variants(registry: ProcessorRegistry | None, with_idempotency: bool) -> list[dict[str, Any]]:
+    """One object schema per registered task type (a generic one when none is registered or
+    ``registry`` is ``None``: the document anonymous callers get)."""
     common = _common_submission_properties()
     if with_idempotency:
         common["idempotency_key"] = {
             "type": ["string", "null"], "minLength": 1, "maxLength": 200,
             "description": "Same key from the same token: the existing task is returned (200)."}
-    processors = list(registry)
+    processors = list(registry) if registry is not None else []
     if not processors:
         return [{"type": "object", "required": ["task_type", "payload"], "additionalProperties": False,
                  "properties": {"task_type": {"type": "string", "minLength": 1, "maxLength": 100},
@@ -269,8 +271,9 @@ def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {JSON: {"schema": schema}}}
 
 
-def build_openapi(registry: ProcessorRegistry, max_body_bytes: int | None = None) -> dict[str, Any]:
-    """The whole document; task types and payload schemas come from ``registry``."""
+def build_openapi(registry: ProcessorRegistry | None, max_body_bytes: int | None = None) -> dict[str, Any]:
+    """The whole document; task types and payload schemas come from ``registry`` (``None``: the
+    generic submission shape only, naming no task type)."""
     limit = f" Bodies over {max_body_bytes} bytes get 413." if max_body_bytes else ""
     submission = {"oneOf": submission_variants(registry, with_idempotency=True)}
     batch_item = {"oneOf": submission_variants(registry, with_idempotency=False)}
