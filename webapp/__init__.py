@@ -68,6 +68,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     init_engine(app)
 
+    from .schedules.setup import init_schedules
+
+    init_schedules(app)  # recurring schedules: declared ones checked now, the job, `flask schedules`
+
     from .cli import register_cli
 
     register_cli(app)

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from .schedules.setting import parse_schedules_setting
+
 
 class ConfigError(ValueError):
     """A setting has a value the application cannot use."""
@@ -120,6 +122,12 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "ASYNC_TASK_METRICS_PUBLIC": (_parse_bool, False),
     "ASYNC_TASK_METRICS_CACHE_SECONDS": (_positive_float, 10.0),
     "ASYNC_TASK_LISTEN_DATABASE_URL": (_optional_str, None),
+    # Recurring schedules (docs/schedules.md): declared schedules, the scheduler job, catch-up.
+    "ASYNC_TASK_SCHEDULES": (parse_schedules_setting, None),
+    "ASYNC_TASK_SCHEDULER_ENABLED": (_parse_bool, True),
+    "ASYNC_TASK_SCHEDULER_INTERVAL": (_positive_float, 1.0),
+    "ASYNC_TASK_SCHEDULE_MISFIRE_GRACE": (_positive_float, 30.0),
+    "ASYNC_TASK_SCHEDULE_CATCH_UP_LIMIT": (_positive_int, 100),
 }
 
 # Flask-Mail's settings, parsed (the environment gives strings; "false" must not mean True).
@@ -147,7 +155,7 @@ YAML_CONSUMER_KEYS = {
     "shutdown-grace": "ASYNC_TASK_SHUTDOWN_GRACE",
     "prefetch": "ASYNC_TASK_PREFETCH",
 }
-YAML_TOP_KEYS = {"processors": "ASYNC_TASK_PROCESSORS"}
+YAML_TOP_KEYS = {"processors": "ASYNC_TASK_PROCESSORS", "schedules": "ASYNC_TASK_SCHEDULES"}
 
 
 def normalise_database_url(url: str) -> str:

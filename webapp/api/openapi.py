@@ -374,6 +374,7 @@ def build_openapi(registry: ProcessorRegistry | None, max_body_bytes: int | None
                                   **_errors(401)},
                 },
             },
+            **schedule_paths(),
             "/api/openapi.json": {
                 "get": {
                     "operationId": "getOpenApiDocument",
@@ -418,6 +419,121 @@ def build_openapi(registry: ProcessorRegistry | None, max_body_bytes: int | None
                         },
                     }}}},
                 "Error": error_schema(),
+                **schedule_schemas(),
             },
         },
+    }
+
+# -- recurring schedules (webapp/api/schedules.py) ---------------------------------------------
+
+SCHEDULE_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$"}
+
+
+def _schedule_definition(required: list[str]) -> dict[str, Any]:
+    """The writable fields of a schedule (all optional in PATCH)."""
+    return {
+        "type": "object", "additionalProperties": False, "required": required,
+        "properties": {
+            "name": SCHEDULE_NAME,
+            "task_type": {"type": "string", "minLength": 1, "maxLength": 100},
+            "payload": {"type": "object", "description": "Checked by the task type's processor like any submit."},
+            "priority": {"type": ["integer", "null"], "minimum": INT32_MIN, "maximum": INT32_MAX},
+            "created_by": {"type": ["string", "null"], "maxLength": 255},
+            "cron": {"type": ["string", "null"], "maxLength": 200,
+                     "description": "5 fields (minute hour day month weekday) or @hourly, @daily, @weekly, "
+                                    "@monthly, @yearly; give this or interval_seconds."},
+            "interval_seconds": {"type": ["integer", "null"], "minimum": 1},
+            "timezone": {"type": "string", "description": "IANA zone, default UTC.", "maxLength": 64},
+            "start_at": {"type": ["string", "null"], "format": "date-time"},
+            "end_at": {"type": ["string", "null"], "format": "date-time"},
+            "enabled": {"type": "boolean"},
+            "overlap": {"type": "string", "enum": ["allow", "skip", "cancel_previous"]},
+            "catch_up": {"type": "string", "enum": ["none", "latest", "all"]},
+            "description": {"type": "string", "maxLength": 2000},
+        },
+    }
+
+
+def schedule_schemas() -> dict[str, Any]:
+    """Component schemas of the schedule endpoints."""
+    nullable_time = {"type": ["string", "null"], "format": "date-time"}
+    schedule = {"type": "object", "required": ["name", "task_type", "enabled", "next_fire_at"], "properties": {
+        **_schedule_definition([])["properties"],
+        "source": {"type": "string", "enum": ["dynamic", "processor", "config"]},
+        "declared_in": {"type": ["string", "null"]},
+        "next_fire_at": nullable_time,
+        "reading": {"type": "string", "description": "The expression in plain English."},
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+    }}
+    run = {"type": "object", "required": ["slot_at", "kind", "outcome"], "properties": {
+        "slot_at": {"type": "string", "format": "date-time"},
+        "kind": {"type": "string", "enum": ["scheduled", "catch_up", "manual", "backfill"]},
+        "task_id": {"type": ["integer", "null"]},
+        "outcome": {"type": "string", "description": "The task's status, SKIPPED, or PURGED."},
+        "skip_reason": {"type": ["string", "null"]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "created_by": {"type": ["string", "null"]},
+    }}
+    return {
+        "Schedule": schedule,
+        "ScheduleCreate": _schedule_definition(["name", "task_type"]),
+        "ScheduleUpdate": _schedule_definition([]),
+        "ScheduleList": {"type": "object", "required": ["items"],
+                         "properties": {"items": {"type": "array", "items": _ref("Schedule")}}},
+        "ScheduleRun": run,
+        "ScheduleRunList": {"type": "object", "required": ["items"],
+                            "properties": {"items": {"type": "array", "items": _ref("ScheduleRun")}}},
+    }
+
+
+def schedule_paths() -> dict[str, Any]:
+    """Paths of the schedule endpoints."""
+    name = {"name": "name", "in": "path", "required": True, "schema": SCHEDULE_NAME}
+    texts = {404: "No such schedule.", 409: "Declared in code or configuration: not editable here."}
+
+    def errors(*statuses: int) -> dict[str, Any]:
+        found = _errors(*[status for status in statuses if status not in texts])
+        found.update({str(status): _error(texts[status]) for status in statuses if status in texts})
+        return found
+
+    def reply(description: str, schema: str) -> dict[str, Any]:
+        return {"description": description, "content": {JSON: {"schema": _ref(schema)}}}
+
+    def action(operation: str, summary: str) -> dict[str, Any]:
+        return {"post": {"operationId": operation, "summary": summary, "parameters": [name],
+                         "responses": {"200": reply("The schedule.", "Schedule"), **errors(401, 404)}}}
+
+    return {
+        "/api/schedules": {
+            "get": {"operationId": "listSchedules", "summary": "Every recurring schedule",
+                    "responses": {"200": reply("All schedules.", "ScheduleList"), **errors(401)}},
+            "post": {"operationId": "createSchedule", "summary": "Create a recurring schedule",
+                     "requestBody": _json_body(_ref("ScheduleCreate")),
+                     "responses": {"201": reply("Created.", "Schedule"), **errors(400, 401, 413, 422)}},
+        },
+        "/api/schedules/{name}": {
+            "get": {"operationId": "getSchedule", "summary": "One schedule", "parameters": [name],
+                    "responses": {"200": reply("The schedule.", "Schedule"), **errors(401, 404)}},
+            "patch": {"operationId": "updateSchedule", "summary": "Change fields of a schedule",
+                      "description": "The next slots follow the new definition. Giving `cron` clears "
+                                     "`interval_seconds` and the other way round.",
+                      "parameters": [name], "requestBody": _json_body(_ref("ScheduleUpdate")),
+                      "responses": {"200": reply("The schedule.", "Schedule"),
+                                    **errors(400, 401, 404, 409, 413, 422)}},
+            "delete": {"operationId": "deleteSchedule", "summary": "Delete a schedule (its tasks stay)",
+                       "parameters": [name],
+                       "responses": {"204": {"description": "Deleted."}, **errors(401, 404, 409)}},
+        },
+        "/api/schedules/{name}/pause": action("pauseSchedule", "Pause: no slot fires until resumed"),
+        "/api/schedules/{name}/resume": action("resumeSchedule", "Resume from the next slot after now"),
+        "/api/schedules/{name}/run": {"post": {
+            "operationId": "runSchedule", "summary": "Run now: one task at once, recorded as a manual run",
+            "parameters": [name],
+            "responses": {"202": reply("The run and its task.", "ScheduleRun"), **errors(401, 404)}}},
+        "/api/schedules/{name}/runs": {"get": {
+            "operationId": "listScheduleRuns", "summary": "A schedule's runs, newest slot first",
+            "parameters": [name, {"name": "limit", "in": "query",
+                                  "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}}],
+            "responses": {"200": reply("Runs.", "ScheduleRunList"), **errors(401, 404, 422)}}},
     }

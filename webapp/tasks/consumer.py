@@ -144,6 +144,10 @@ class Consumer:
         if self.app.config["ASYNC_TASK_RETENTION_DAYS"]:
             scheduler.add_job(self._purge_expired, "interval", hours=1, id="retention",
                               next_run_time=now)
+        schedules = self.app.extensions.get("schedules")
+        if schedules is not None:  # recurring schedules (webapp/schedules/runner.py): due slots -> tasks
+            scheduler.add_job(schedules.tick, "interval", seconds=schedules.interval, id="schedules",
+                              next_run_time=now)
         scheduler.start()
         self._scheduler = scheduler
         self.engine.local_consumers.append(self)

@@ -181,6 +181,14 @@ class TaskProcessor:
     def build_notification_request(self, task: Any, result: TaskResult) -> NotificationRequest | None:
         return None
 
+    def get_schedules(self) -> list[dict[str, Any]]:
+        """Default recurring schedules of this task type (see docs/schedules.md); none by default.
+
+        Each is a mapping like ``{"name": "nightly-report", "cron": "30 2 * * *", "timezone":
+        "Europe/Berlin", "payload": {...}}``; ``task_type`` defaults to this processor's.
+        """
+        return []
+
     def report_progress(self, fraction: float, message: str | None = None) -> None:
         """Record how far the running task is (0.0 to 1.0); raises TaskCancelled once cancel is asked.
 
