@@ -45,9 +45,10 @@ typecheck: $(TEST_STAMP)
 services:
 	@bash .ci/services.sh
 
-## Debian packages the tests drive: Chromium (browser tests) and libfaketime (clock-skew fault test)
+## Debian packages the tests drive: Chromium (browser tests), libfaketime (clock-skew fault test), nginx (slow clients)
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
 	@command -v faketime >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null; } || echo "faketime not installed: the clock-skew fault test will be marked xfail"
 
 bench: $(TEST_STAMP) services

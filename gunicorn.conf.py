@@ -5,7 +5,7 @@ shell), so one committed file serves every machine. See docs/deploy.md.
 
 | variable | default | meaning |
 | --- | --- | --- |
-| ``GUNICORN_BIND`` | ``$HOST:$PORT`` (``0.0.0.0:8000``) | where to listen |
+| ``GUNICORN_BIND`` | ``$HOST:$PORT`` (``127.0.0.1:8000``) | where to listen; nginx in front (docs/nginx/) |
 | ``WEB_CONCURRENCY`` | ``2 x CPUs + 1``, at most 8 | worker processes |
 | ``GUNICORN_THREADS`` | ``4`` | request threads per worker (gthread) |
 | ``GUNICORN_TIMEOUT`` | ``30`` | seconds a silent worker lives before the master restarts it |
@@ -35,7 +35,9 @@ def _flag(name: str, default: bool) -> bool:
     return os.environ.get(name, str(default)).strip().lower() in {"1", "true", "yes", "on"}
 
 
-bind = os.environ.get("GUNICORN_BIND") or f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+# Loopback by default: gunicorn's threads read requests themselves, so slow clients can hold them
+# all; the documented layout puts nginx in front (docs/nginx/taskdeck.conf, docs/deploy.md).
+bind = os.environ.get("GUNICORN_BIND") or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 # Each worker holds its own database pool (and, if enabled, a consumer): past 8 the database's
 # connection limit binds before the CPUs do; raise WEB_CONCURRENCY deliberately (docs/deploy.md).
 workers = int(os.environ.get("WEB_CONCURRENCY") or min(2 * _cpu_count() + 1, 8))
