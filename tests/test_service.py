@@ -617,11 +617,11 @@ def test_the_claim_uses_the_due_index_on_fresh_unanalysed_tables(make_app):
 
 def test_a_submitter_whose_clock_is_fast_does_not_delay_its_tasks(make_app, monkeypatch):
     """Submit times follow the database clock on PostgreSQL, not the submitting machine's."""
-    from webapp.tasks import service as service_module
+    from webapp.tasks import dialect_postgres
 
     app = make_app("postgres")
-    real_utcnow = service_module.utcnow
-    monkeypatch.setattr(service_module, "utcnow", lambda: real_utcnow() + timedelta(minutes=10))
+    real_utcnow = dialect_postgres.utcnow
+    monkeypatch.setattr(dialect_postgres, "utcnow", lambda: real_utcnow() + timedelta(minutes=10))
     with app.app_context():
         app.extensions["async_task"].clock_offset = None
         service = AsyncTaskService()

@@ -37,7 +37,7 @@ from tests.proc_utils import (
     read_run_log,
     worker_environment,
 )
-from webapp.tasks import AsyncTaskService
+from webapp.tasks import AsyncTaskService, queries
 from webapp.tasks.models import AsyncTask, AuditEntry, TaskEvent, Worker, utcnow
 
 PROC_TYPE = "PROC_RECORD"
@@ -111,7 +111,7 @@ def submit(app: Flask, count: int, **payload: Any) -> list[int]:
 
 def status_counts(app: Flask) -> dict[str, int]:
     with app.app_context():
-        return AsyncTaskService().count_by_status()
+        return queries.status_counts(AsyncTaskService().session)
 
 
 def task_state(app: Flask, task_id: int) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from tests.conftest import ROOT, wait_until
 from tests.proc_processors import RUN_ACTION
 from tests.proc_utils import ProcessPool, WorkerProcess, count_runs, read_run_log
 from webapp.extensions import db
-from webapp.tasks import AsyncTaskService
+from webapp.tasks import AsyncTaskService, queries
 from webapp.tasks.models import AsyncTask, AuditEntry, TaskEvent
 
 PROC_TYPE = "PROC_RECORD"
@@ -56,7 +56,7 @@ def status_counts(app: Flask) -> dict[str, int]:
     """How many tasks there are in each status."""
     with app.app_context():
         try:
-            return AsyncTaskService().count_by_status()
+            return queries.status_counts(db.session())
         finally:
             db.session.remove()
 

@@ -19,8 +19,10 @@ from sqlalchemy import func, select
 
 from .errors import ValidationError
 from .models import AsyncTask
-from .service import AsyncTaskService, TaskFilter, validate_task_id
+from .queries import TaskFilter, filter_clauses
+from .service import AsyncTaskService
 from .transitions import starting_statuses
+from .validation import validate_task_id
 
 MAX_SELECTED_IDS = 5000
 CHUNK_SIZE = 500
@@ -125,7 +127,7 @@ class BulkOperations:
 
     def _where(self, selection: Selection) -> list[Any]:
         if selection.filters is not None:
-            return self.service._filter_clauses(selection.filters)
+            return filter_clauses(selection.filters)
         return [AsyncTask.id.in_(selection.ids)]
 
     def preview(self, selection: Selection) -> BulkPreview:
@@ -193,7 +195,7 @@ class BulkOperations:
         for task_id in changed:
             service.audit(actor, f"task.{action.value}", "task", task_id, detail={"via": "bulk"})
         if action is BulkAction.RETRY and changed:
-            service._commit_new_work()
+            service.commit_new_work()
         else:
             service.session.commit()
         return changed

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, ClassVar
+
+from .attempt import TaskInfo
+from .progress import current_context
+
+__all__ = ["NotificationRequest", "NotificationType", "RetryConfig", "RetryStrategy", "TaskInfo",
+           "TaskProcessor", "TaskResult"]
 
 
 class RetryStrategy(enum.StrEnum):
@@ -125,27 +130,6 @@ class NotificationRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class TaskInfo:
-    """The task as handed to ``process()``: a read-only snapshot of the claimed row."""
-
-    id: int
-    task_type: str
-    payload: dict[str, Any]
-    priority: int
-    retry_count: int
-    max_retry_count: int
-    created_by: str | None
-    created_at: datetime | None
-    attempt: int
-    claim_token: str
-    retry_strategy: str = "EXPONENTIAL"
-    retry_interval: float = 60
-    retry_max_delay: float | None = None
-    retry_jitter: float = 0.0
-    notify_url: str | None = None
-
-
 class TaskProcessor:
     """Base class of task processors. Subclass it, set the task type, implement ``process``.
 
@@ -194,12 +178,8 @@ class TaskProcessor:
 
         Writes are throttled (at most a few a second), so calling this in a tight loop is cheap.
         """
-        from .progress import current_context
-
         current_context().report_progress(fraction, message)
 
     def is_cancel_requested(self) -> bool:
         """Whether an operator asked to cancel the running task (checked at most a few times a second)."""
-        from .progress import current_context
-
         return current_context().is_cancel_requested()

@@ -14,12 +14,13 @@ import time
 from datetime import datetime
 
 from flask import Flask
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from ..extensions import db
+from .attempt import TaskInfo
 from .errors import TaskCancelled, ValidationError
-from .models import AsyncTask, TaskStatus
-from .processor import TaskInfo
+from .fencing import fenced_update
+from .models import AsyncTask
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,7 @@ class TaskContext:
         try:
             with db.engine.begin() as connection:
                 row = connection.execute(
-                    update(AsyncTask)
-                    .where(AsyncTask.id == self.task.id, AsyncTask.claim_token == self.task.claim_token,
-                           AsyncTask.status == TaskStatus.PROCESSING.value)
+                    fenced_update(self.task.id, self.task.claim_token)
                     .values(progress=fraction, progress_message=message)
                     .returning(AsyncTask.cancel_requested_at)
                 ).first()

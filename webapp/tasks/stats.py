@@ -18,11 +18,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, cast, extract, func, literal, select, text
+from sqlalchemy import Integer, bindparam, cast, extract, func, literal, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..extensions import db
+from . import queries
+from .dbsession import dialect_of
+from .dialect_postgres import TASK_TYPES_PRESENT_SQL, exact_counts_sql, sampled_counts_sql
 from .models import (
     TERMINAL_STATUSES,
     WAITING_STATUSES,
@@ -35,8 +38,8 @@ from .models import (
     Worker,
     utcnow,
 )
-
-MISSED_HEARTBEATS = 3  # the same rule as the recovery sweep: three missed beats mean dead
+from .queries import ALL_TYPES, MISSED_HEARTBEATS
+from .registry import ProcessorRegistry
 
 # Groups up to this many rows are counted exactly; larger ones are estimated (and labelled so).
 EXACT_COUNT_LIMIT = 1_000
@@ -120,16 +123,12 @@ def _session() -> Session:
 
 def status_counts(task_type: str | None = None) -> dict[str, int]:
     """Tasks per status (every status present, zeros included)."""
-    query = select(AsyncTask.status, func.count()).group_by(AsyncTask.status)
-    if task_type is not None:
-        query = query.where(AsyncTask.task_type == task_type)
-    counts = {status.value: 0 for status in TaskStatus}
-    counts.update({status: int(count) for status, count in _session().execute(query)})
-    return counts
+    return queries.status_counts(_session(), task_type)
 
 
-def _is_postgres(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
+def _counts_at_scale_possible(session: Session) -> bool:
+    """Whether this database can count at scale (index range reads, page samples): PostgreSQL."""
+    return dialect_of(session).samples_counts
 
 
 def _exact_up_to_limit(session: Session, table: str, columns: Sequence[str],
@@ -141,12 +140,7 @@ def _exact_up_to_limit(session: Session, table: str, columns: Sequence[str],
     """
     if not groups:
         return {}
-    arrays = ", ".join(f"CAST(:g{i} AS text[])" for i in range(len(columns)))
-    names = ", ".join(f"g{i}" for i in range(len(columns)))
-    match = " AND ".join(f"t.{column} = g.g{i}" for i, column in enumerate(columns))
-    statement = text(
-        f"SELECT {names}, (SELECT count(*) FROM (SELECT 1 FROM {table} AS t WHERE {match} "
-        f"LIMIT :limit) AS capped) FROM unnest({arrays}) AS g({names})")
+    statement = exact_counts_sql(table, columns)
     params: dict[str, Any] = {"limit": EXACT_COUNT_LIMIT + 1}
     for i in range(len(columns)):
         params[f"g{i}"] = [group[i] for group in groups]
@@ -160,17 +154,7 @@ def _sampled_estimates(session: Session, table: str, columns: Sequence[str]) -> 
     last VACUUM/ANALYZE times the pages the table has now, as the planner reckons it (or, for a
     table never analysed, the sampled rows scaled by the sampled fraction).
     """
-    names = ", ".join(columns)
-    percent = ("LEAST(100, :pages * 100.0 / GREATEST(1, pg_relation_size(:table)"
-               " / current_setting('block_size')::int))")
-    statement = text(
-        f"WITH counted AS (SELECT {names}, count(*) AS seen FROM {table}"
-        f"   TABLESAMPLE SYSTEM ({percent}) REPEATABLE (:seed) GROUP BY {names}),"
-        f" size AS (SELECT c.reltuples, c.relpages, {percent} AS percent,"
-        f"   pg_relation_size(:table) / current_setting('block_size')::int AS pages_now"
-        f"   FROM pg_class AS c WHERE c.oid = CAST(:table AS regclass))"
-        f" SELECT counted.*, size.reltuples, size.relpages, size.percent, size.pages_now"
-        f" FROM counted CROSS JOIN size")
+    statement = sampled_counts_sql(table, columns)
     rows = [tuple(row) for row in session.execute(
         statement, {"pages": SAMPLE_PAGES, "table": table, "seed": SAMPLE_SEED})]
     if not rows:
@@ -199,7 +183,7 @@ def _counts_at_scale(session: Session, table: str, columns: Sequence[str],
 def status_counts_at_scale() -> Counts:
     """Tasks per status for the console: exact when small, sample estimates beyond the limit."""
     session = _session()
-    if not _is_postgres(session):
+    if not _counts_at_scale_possible(session):
         return Counts(status_counts())
     found = _counts_at_scale(session, "async_task", ["status"], [(s.value,) for s in TaskStatus])
     return Counts({group[0]: count for group, (count, _) in found.items()},
@@ -209,16 +193,9 @@ def status_counts_at_scale() -> Counts:
 def task_types_present(session: Session | None = None) -> list[str]:
     """Every task type that has rows, sorted; one index probe per type (a loose index scan)."""
     session = session or _session()
-    if not _is_postgres(session):
+    if not _counts_at_scale_possible(session):
         return list(session.scalars(select(AsyncTask.task_type).distinct().order_by(AsyncTask.task_type)))
-    statement = text(
-        "WITH RECURSIVE types(task_type) AS ("
-        " (SELECT task_type FROM async_task ORDER BY task_type LIMIT 1)"
-        " UNION ALL"
-        " SELECT (SELECT a.task_type FROM async_task AS a WHERE a.task_type > types.task_type"
-        "         ORDER BY a.task_type LIMIT 1) FROM types WHERE types.task_type IS NOT NULL)"
-        " SELECT task_type FROM types WHERE task_type IS NOT NULL")
-    return [row[0] for row in session.execute(statement)]
+    return [row[0] for row in session.execute(TASK_TYPES_PRESENT_SQL)]
 
 
 def type_status_counts_at_scale(extra_types: Iterable[str] = (),
@@ -228,7 +205,7 @@ def type_status_counts_at_scale(extra_types: Iterable[str] = (),
     Like ``status_counts_at_scale``: each (type, status) exact up to the limit, else estimated.
     """
     session = session or _session()
-    if not _is_postgres(session):
+    if not _counts_at_scale_possible(session):
         exact = counts_by_type(session)
         for task_type in extra_types:
             exact.setdefault(task_type, {s.value: 0 for s in TaskStatus})
@@ -248,7 +225,7 @@ def notification_status_counts_at_scale() -> Counts:
     """Notifications per status: exact when small, sample estimates beyond the limit."""
     session = _session()
     statuses = [status.value for status in NotificationStatus]
-    if not _is_postgres(session):
+    if not _counts_at_scale_possible(session):
         counts = dict.fromkeys(statuses, 0)
         counts.update({status: int(count) for status, count in session.execute(
             select(Notification.status, func.count()).group_by(Notification.status))})
@@ -260,13 +237,7 @@ def notification_status_counts_at_scale() -> Counts:
 
 def counts_by_type(session: Session | None = None) -> dict[str, dict[str, int]]:
     """Task type -> status -> count, for every type that has rows (exact: reads every row)."""
-    rows = (session or _session()).execute(
-        select(AsyncTask.task_type, AsyncTask.status, func.count())
-        .group_by(AsyncTask.task_type, AsyncTask.status))
-    result: dict[str, dict[str, int]] = {}
-    for task_type, status, count in rows:
-        result.setdefault(task_type, {s.value: 0 for s in TaskStatus})[status] = int(count)
-    return result
+    return queries.counts_by_type(session or _session())
 
 
 def _minute_index(column: Any, start: datetime, dialect: str) -> ColumnElement[int]:
@@ -346,12 +317,7 @@ def is_online(worker: Worker, now: datetime | None = None) -> bool:
 
 def workers(include_stopped: bool = True, recent: timedelta = timedelta(hours=1)) -> list[Worker]:
     """Running workers, plus stopped or dead ones seen within ``recent``, newest first."""
-    query = select(Worker).order_by(Worker.started_at.desc())
-    if include_stopped:
-        query = query.where((Worker.status == "RUNNING") | (Worker.last_heartbeat_at >= utcnow() - recent))
-    else:
-        query = query.where(Worker.status == "RUNNING")
-    return list(_session().scalars(query))
+    return queries.workers(_session(), include_stopped, recent)
 
 
 def worker_summary(now: datetime | None = None) -> WorkerSummary:
@@ -410,3 +376,31 @@ def audit_page(limit: int = 100, cursor: int | None = None, actor: str | None = 
 def is_terminal(status: str) -> bool:
     """SUCCESS, FAILURE and CANCELLED only change by an operator's hand, never by themselves."""
     return status in TERMINAL_STATUSES
+
+
+def task_type_overview(registry: ProcessorRegistry, session: Session | None = None) -> list[dict[str, Any]]:
+    """Every registered task type with its retry policy, pause state and counts per status.
+
+    Counts are exact up to ``EXACT_COUNT_LIMIT`` and estimated beyond (PostgreSQL), so the call
+    stays fast on a table of millions; ``counts_are_estimates`` says which it is.
+    """
+    session = session or _session()
+    counts = type_status_counts_at_scale(session=session)
+    paused = set(queries.paused_task_types(session))
+    overview = []
+    for processor in registry:
+        task_type = processor.get_task_type()
+        config = processor.get_retry_config()
+        type_counts = counts.get(task_type)
+        per_status = {status.value: type_counts.get(status.value, 0) if type_counts else 0
+                      for status in TaskStatus}
+        overview.append({
+            "task_type": task_type,
+            "paused": task_type in paused or ALL_TYPES in paused,
+            "retry": {"max_retry_count": config.max_retry_count, "strategy": config.strategy.value,
+                      "base_interval": config.base_interval, "max_delay": config.max_delay,
+                      "jitter": config.jitter},
+            "counts": per_status,
+            "counts_are_estimates": bool(type_counts is not None and type_counts.estimated),
+        })
+    return overview

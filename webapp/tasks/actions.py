@@ -1,0 +1,175 @@
+"""An operator's transitions: cancel (or ask a running task to stop), retry, edit and retry, pause.
+
+Each is one conditional UPDATE whose starting statuses come from the transition table, so an
+operator racing a worker or another operator has exactly one winner; the loser gets
+``InvalidTransition`` worded by ``transitions.refusal_message``. Actions taken by a named actor
+are audited, refusals included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import update
+
+from .errors import InvalidTransition, TaskNotFound
+from .models import AsyncTask, TaskStatus, TaskTypeState
+from .queries import ALL_TYPES, get_task, require_task
+from .store import TaskStore, engine_state
+from .submit import Submitter
+from .transitions import may, refusal_message, starting_statuses
+from .validation import validate_task_id
+
+
+class OperatorActions(TaskStore):
+    """Cancel, retry, resubmit and pause, as an operator (or an application acting as one)."""
+
+    def cancel_task(self, task_id: Any, actor: str | None = None) -> AsyncTask:
+        """PENDING or RETRYING -> CANCELLED at once; PROCESSING -> a cancel request.
+
+        A running task cannot be stopped from outside: the request is recorded
+        (``cancel_requested_at``) and the processor sees it through ``is_cancel_requested()`` or
+        ``report_progress``; if it ignores it, the task ends normally and the request is recorded
+        as too late. SUCCESS, FAILURE and CANCELLED tasks are refused with InvalidTransition.
+        """
+        task_id = validate_task_id(task_id)
+        self.session.rollback()
+        self.begin_write()
+        if not self.cancel_waiting([task_id], actor):
+            return self._request_cancel(task_id, actor)
+        if actor is not None:
+            self.audit(actor, "task.cancel", "task", task_id)
+        self.session.commit()
+        return require_task(self.session, task_id)
+
+    def cancel_waiting(self, task_ids: Sequence[int], actor: str | None, message: str | None = None) -> list[int]:
+        """PENDING/RETRYING -> CANCELLED for these ids, with their events; the ids that changed.
+
+        No commit: ``cancel_task`` and bulk cancel (``bulk.py``) add their audit and commit.
+        """
+        now = self.now()
+        changed = sorted(self.session.execute(
+            update(AsyncTask)
+            .where(AsyncTask.id.in_(task_ids), AsyncTask.status.in_(starting_statuses("cancel")))
+            .values(status=TaskStatus.CANCELLED.value, finished_at=now, updated_at=now,
+                    claim_token=None, worker_id=None)
+            .returning(AsyncTask.id)
+            .execution_options(synchronize_session=False)
+        ).scalars().all())
+        self.write_events([self.transition_event("cancel", task_id, actor=actor, message=message)
+                           for task_id in changed])
+        return changed
+
+    def _request_cancel(self, task_id: int, actor: str | None) -> AsyncTask:
+        requested = self.session.execute(
+            update(AsyncTask)
+            .where(AsyncTask.id == task_id, AsyncTask.status.in_(starting_statuses("request_cancel")),
+                   AsyncTask.cancel_requested_at.is_(None))
+            .values(cancel_requested_at=self.now(), updated_at=self.now())
+            .returning(AsyncTask.attempts)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if requested is None:
+            self.session.rollback()
+            task = get_task(self.session, task_id)
+            if task is not None and may("request_cancel", task.status):
+                return task  # already requested: asking twice changes nothing
+            if task is not None and may("cancel", task.status):
+                # The attempt ended (retry scheduled, released, recovered) between our two
+                # statements: the task is cancellable again, so cancel it rather than refuse.
+                return self.cancel_task(task_id, actor)
+            self._refuse(task_id, actor, "cancel")
+        self.write_events([self.transition_event(
+            "request_cancel", task_id, actor=actor, attempt=requested.attempts if requested else None,
+            message="cancel requested while running; the processor decides when to stop")])
+        if actor is not None:
+            self.audit(actor, "task.cancel_request", "task", task_id)
+        self.session.commit()
+        return require_task(self.session, task_id)
+
+    def retry_task(self, task_id: Any, actor: str | None = None) -> AsyncTask:
+        """FAILURE -> PENDING with the retry count back at 0. Any other status is refused."""
+        task_id = validate_task_id(task_id)
+        self.begin_write()
+        if not self.retry_failed([task_id], actor):
+            self.session.rollback()
+            self._refuse(task_id, actor, "retry")
+        if actor is not None:
+            self.audit(actor, "task.retry", "task", task_id)
+        self.commit_new_work()
+        return require_task(self.session, task_id)
+
+    def retry_failed(self, task_ids: Sequence[int], actor: str | None, message: str | None = None) -> list[int]:
+        """FAILURE -> PENDING (retry count back at 0) for these ids, with events; the ids that changed.
+
+        No commit: ``retry_task`` and bulk retry (``bulk.py``) add their audit and commit.
+        """
+        now = self.now()
+        changed = sorted(self.session.execute(
+            update(AsyncTask)
+            .where(AsyncTask.id.in_(task_ids), AsyncTask.status.in_(starting_statuses("retry")))
+            .values(status=TaskStatus.PENDING.value, retry_count=0, recovery_count=0,
+                    next_run_at=now, updated_at=now, finished_at=None, started_at=None,
+                    claim_token=None, worker_id=None)
+            .returning(AsyncTask.id)
+            .execution_options(synchronize_session=False)
+        ).scalars().all())
+        self.write_events([self.transition_event("retry", task_id, actor=actor, message=message)
+                           for task_id in changed])
+        return changed
+
+    def resubmit_task(self, task_id: Any, payload: Any, actor: str | None = None) -> AsyncTask:
+        """Edit and retry: a new task with ``payload`` linked to a FAILURE or CANCELLED original.
+
+        The original row is never changed; both timelines record the link.
+        """
+        original = require_task(self.session, task_id)
+        if not may("resubmit", original.status):
+            raise InvalidTransition(refusal_message("resubmit", original.status, original.id),
+                                    current_status=original.status)
+        outcome = self.part(Submitter).submit(
+            original.task_type, payload, original.priority, original.created_by,
+            notify_url=original.notify_url, parent_id=original.id, commit=False)
+        new_task = outcome.task
+        self.write_events([self.transition_event("resubmit", original.id, actor=actor,
+                                                 message=f"edited and resubmitted as task {new_task.id}")])
+        if actor is not None:
+            self.audit(actor, "task.resubmit", "task", original.id, detail={"new_task_id": new_task.id})
+        new_id = new_task.id
+        self.commit_new_work()
+        return require_task(self.session, new_id)
+
+    def _refuse(self, task_id: int, actor: str | None, action: str) -> None:
+        if actor is not None:
+            # The refusal is audited: on SQLite a read later upgraded to a write can fail with
+            # "database is locked", so take the write lock before reading.
+            self.session.rollback()
+            self.begin_write()
+        task = get_task(self.session, task_id)
+        if task is None:
+            raise TaskNotFound(f"task {task_id} does not exist")
+        if actor is not None:
+            self.audit(actor, f"task.{action}", "task", task_id, outcome="refused",
+                       detail={"status": task.status})
+            self.session.commit()
+        raise InvalidTransition(refusal_message(action, task.status, task_id), current_status=task.status)
+
+    def set_paused(self, task_type: str, paused: bool, actor: str | None) -> None:
+        """Stop (``paused``) or resume claiming ``task_type`` ('*': every type); audited."""
+        if task_type != ALL_TYPES:
+            self.processor_for(task_type)
+        self.begin_write()
+        state = self.session.get(TaskTypeState, task_type)
+        if state is None:
+            state = TaskTypeState(task_type=task_type)
+            self.session.add(state)
+        state.paused = paused
+        state.changed_at = self.db_now()
+        state.changed_by = actor
+        self.audit(actor, "task_type.pause" if paused else "task_type.resume", "task_type", task_type)
+        if paused:
+            self.session.commit()
+        else:
+            self.commit_new_work()
+        engine_state().paused_cache = None

@@ -1,0 +1,280 @@
+"""PostgreSQL: every statement the engine writes by hand, and how it is run, in one module.
+
+The hot statements are single round trips that carry their own events: the claim (SKIP
+LOCKED, ordered walk of ``ix_async_task_due``), a batch of successes (fenced per attempt by
+``unnest`` of ids and tokens), a bulk submit (one array a column) and a lone submit (task,
+event and ``pg_notify`` in one autocommit statement). Times are the database's clock
+(``statement_timestamp()``), so a worker whose own clock is wrong can neither claim delayed
+tasks early nor recover live tasks. The dashboards' counting statements live here too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import JSON, Interval, TextClause, func, literal, text, type_coerce
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from .dialect import Success, TaskWriter
+from .direct import DirectConnection, pyformat
+from .fencing import stored_result
+from .models import AsyncTask, TaskEventKind, UTCDateTime, utcnow
+
+Query = TypeVar("Query")
+
+WAKE_CHANNEL = "async_task_new_work"
+CLOCK_OFFSET_TTL = 60.0  # seconds between measurements of the database clock's offset
+
+# -- named statements ---------------------------------------------------------------------------
+
+WAKE_SQL = text(f"NOTIFY {WAKE_CHANNEL}")
+CLOCK_SQL = text("SELECT clock_timestamp()")
+# See ``claim``: keeps the claim on the ordered index scan whatever the statistics say.
+NO_SORT_SQL = text("SET LOCAL enable_sort = off")
+
+# The claim, one round trip: pick due rows in claim order skipping rows other consumers hold
+# (SKIP LOCKED), stamp the lease on them, and write their CLAIMED events.
+CLAIM_SQL = """
+WITH due AS (
+    SELECT id FROM async_task
+    WHERE status IN ('PENDING', 'RETRYING') AND next_run_at <= statement_timestamp()
+      AND task_type = ANY(CAST(:types AS varchar[]))
+    ORDER BY priority DESC, next_run_at, id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE async_task AS t
+    SET status = 'PROCESSING', claim_token = :token, worker_id = :worker,
+        started_at = statement_timestamp(), updated_at = statement_timestamp(),
+        attempts = t.attempts + 1, progress = NULL, progress_message = NULL
+    FROM due WHERE t.id = due.id
+    RETURNING t.id, t.task_type, t.payload, t.priority, t.retry_count, t.max_retry_count,
+              t.created_by, t.created_at, t.attempts, t.claim_token, t.retry_strategy,
+              t.retry_interval, t.retry_max_delay, t.retry_jitter, t.notify_url
+), events AS (
+    INSERT INTO task_event (task_id, at, kind, to_status, attempt, worker_id)
+    SELECT id, statement_timestamp(), 'CLAIMED', 'PROCESSING', attempts, :worker FROM claimed
+)
+SELECT * FROM claimed
+"""
+CLAIM_SQL_POSTGRES = text(CLAIM_SQL).columns(created_at=UTCDateTime())
+CLAIM_SQL_DIRECT = pyformat(CLAIM_SQL)
+
+# Many successes in one round trip: fenced by each attempt's claim token, events included.
+SUCCEED_SQL = """
+WITH done AS (
+    UPDATE async_task AS t
+    SET status = 'SUCCESS', result = v.result, error = NULL, claim_token = NULL,
+        finished_at = statement_timestamp(), updated_at = statement_timestamp()
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS text[]), CAST(:results AS jsonb[]))
+         AS v(id, token, result)
+    WHERE t.id = v.id AND t.claim_token = v.token AND t.status = 'PROCESSING'
+    RETURNING t.id, v.token, t.attempts, t.cancel_requested_at
+), events AS (
+    INSERT INTO task_event (task_id, at, kind, from_status, to_status, attempt, worker_id)
+    SELECT id, statement_timestamp(), 'SUCCEEDED', 'PROCESSING', 'SUCCESS', attempts, :worker FROM done
+)
+SELECT id, token, cancel_requested_at FROM done
+"""
+SUCCEED_SQL_POSTGRES = text(SUCCEED_SQL)
+SUCCEED_SQL_DIRECT = pyformat(SUCCEED_SQL)
+
+# Bulk submit: one array a column instead of one parameter a cell, which keeps a 1,000-task
+# insert a single short statement; SUBMITTED events are written by the same call. Payloads
+# travel as one JSON array (one string to send, no per-element array quoting) and are picked
+# by position; the other columns are one typed array each.
+BULK_INSERT_COLUMNS = {
+    "task_type": "varchar", "priority": "integer", "max_retry_count": "integer",
+    "retry_strategy": "varchar", "retry_interval": "float8", "retry_max_delay": "float8",
+    "retry_jitter": "float8", "created_by": "varchar", "next_run_at": "timestamptz",
+    "notify_url": "varchar",
+}
+BULK_INSERT_SQL_POSTGRES = text(
+    "WITH new AS ("
+    " INSERT INTO async_task (task_type, status, priority, payload, retry_count, max_retry_count,"
+    " retry_strategy, retry_interval, retry_max_delay, retry_jitter, created_by, created_at,"
+    " updated_at, next_run_at, attempts, recovery_count, notify_url)"
+    " SELECT v.task_type, 'PENDING', v.priority, CAST(:payloads AS jsonb) -> CAST(v.position - 1 AS integer),"
+    " 0, v.max_retry_count, v.retry_strategy,"
+    " v.retry_interval, v.retry_max_delay, v.retry_jitter, v.created_by, CAST(:now AS timestamptz),"
+    " CAST(:now AS timestamptz), v.next_run_at, 0, 0, v.notify_url"
+    " FROM unnest(" + ", ".join(f"CAST(:c_{name} AS {kind}[])" for name, kind in BULK_INSERT_COLUMNS.items())
+    + ") WITH ORDINALITY AS v(" + ", ".join(BULK_INSERT_COLUMNS) + ", position)"
+    " ORDER BY v.position"
+    " RETURNING id, created_by"
+    "), events AS ("
+    " INSERT INTO task_event (task_id, at, kind, to_status, actor)"
+    " SELECT id, CAST(:now AS timestamptz), 'SUBMITTED', 'PENDING', created_by FROM new"
+    ") SELECT id FROM new"
+)
+
+_ONE_STATEMENT_SUBMIT_SQL: dict[tuple[str, ...], tuple[str, frozenset[str]]] = {}
+
+
+def one_statement_submit_sql(columns: tuple[str, ...]) -> tuple[str, frozenset[str]]:
+    """The task + SUBMITTED event + ``pg_notify`` statement for these columns (psycopg placeholders).
+
+    Plain driver SQL, built once per column set: compiling a Core CTE per request cost more CPU
+    than the round trip it saves. Also returns the JSON columns, which travel as JSON text.
+    """
+    cached = _ONE_STATEMENT_SUBMIT_SQL.get(columns)
+    if cached is None:
+        table = AsyncTask.__table__
+        json_columns = frozenset(name for name in columns if table.c[name].type._type_affinity is JSON)
+        values = ", ".join(f"CAST(%({name})s AS jsonb)" if name in json_columns else f"%({name})s"
+                           for name in columns)
+        sql = (
+            f"WITH new_task AS (INSERT INTO async_task ({', '.join(columns)}) VALUES ({values})"
+            " RETURNING id, status, created_at, created_by),"
+            " new_task_event AS (INSERT INTO task_event (task_id, at, kind, to_status, actor)"
+            " SELECT id, created_at, %(event_kind)s, status, created_by FROM new_task)"
+            f" SELECT id, pg_notify('{WAKE_CHANNEL}', '') FROM new_task"
+        )
+        cached = _ONE_STATEMENT_SUBMIT_SQL[columns] = (sql, json_columns)
+    return cached
+
+
+# Dashboards: each group's count, exact up to a limit (one index range read per group that
+# stops at the limit; indexes on (status, id) and (task_type, status, id) serve it).
+def exact_counts_sql(table: str, columns: Sequence[str]) -> TextClause:
+    """Per group of ``columns`` (given as arrays ``:g0``, ``:g1``, …): rows, counted up to ``:limit``."""
+    arrays = ", ".join(f"CAST(:g{i} AS text[])" for i in range(len(columns)))
+    names = ", ".join(f"g{i}" for i in range(len(columns)))
+    match = " AND ".join(f"t.{column} = g.g{i}" for i, column in enumerate(columns))
+    return text(
+        f"SELECT {names}, (SELECT count(*) FROM (SELECT 1 FROM {table} AS t WHERE {match} "
+        f"LIMIT :limit) AS capped) FROM unnest({arrays}) AS g({names})")
+
+
+def sampled_counts_sql(table: str, columns: Sequence[str]) -> TextClause:
+    """Rows per group seen in a fixed sample of ``:pages`` pages, with the table's size figures."""
+    names = ", ".join(columns)
+    percent = ("LEAST(100, :pages * 100.0 / GREATEST(1, pg_relation_size(:table)"
+               " / current_setting('block_size')::int))")
+    return text(
+        f"WITH counted AS (SELECT {names}, count(*) AS seen FROM {table}"
+        f"   TABLESAMPLE SYSTEM ({percent}) REPEATABLE (:seed) GROUP BY {names}),"
+        f" size AS (SELECT c.reltuples, c.relpages, {percent} AS percent,"
+        f"   pg_relation_size(:table) / current_setting('block_size')::int AS pages_now"
+        f"   FROM pg_class AS c WHERE c.oid = CAST(:table AS regclass))"
+        f" SELECT counted.*, size.reltuples, size.relpages, size.percent, size.pages_now"
+        f" FROM counted CROSS JOIN size")
+
+
+# Every task type with rows: one index probe per type (a loose index scan).
+TASK_TYPES_PRESENT_SQL = text(
+    "WITH RECURSIVE types(task_type) AS ("
+    " (SELECT task_type FROM async_task ORDER BY task_type LIMIT 1)"
+    " UNION ALL"
+    " SELECT (SELECT a.task_type FROM async_task AS a WHERE a.task_type > types.task_type"
+    "         ORDER BY a.task_type LIMIT 1) FROM types WHERE types.task_type IS NOT NULL)"
+    " SELECT task_type FROM types WHERE task_type IS NOT NULL")
+
+
+# -- the dialect ------------------------------------------------------------------------------
+
+
+class PostgresDialect:
+    """PostgreSQL's half of the engine's writes (see ``dialect.Dialect``)."""
+
+    name = "postgresql"
+    submits_in_one_statement = True
+    samples_counts = True
+
+    def now(self) -> ColumnElement[datetime]:
+        """The database clock: ``statement_timestamp()``."""
+        return func.statement_timestamp(type_=UTCDateTime())
+
+    def now_plus(self, seconds: float) -> ColumnElement[datetime]:
+        """``statement_timestamp() + seconds``."""
+        shifted = func.statement_timestamp() + literal(timedelta(seconds=seconds), Interval())
+        return type_coerce(shifted, UTCDateTime())
+
+    def begin_write(self, session: Session) -> None:
+        """Nothing: PostgreSQL never refuses a transaction's first write for having read before."""
+
+    def db_now(self, session: Session, engine_state: Callable[[], Any]) -> datetime:
+        """Python's clock corrected by the database clock's offset, measured once a minute.
+
+        Times written from Python (submit and event times) must agree with the times the
+        database compares them with; a submitter whose clock runs ten minutes fast would
+        otherwise delay its own tasks by ten minutes.
+        """
+        engine = engine_state()
+        measured = time.monotonic()
+        offset = engine.clock_offset
+        if offset is None or measured - offset[0] > CLOCK_OFFSET_TTL:
+            with session.get_bind().engine.connect() as connection:
+                before = utcnow()
+                server = connection.execute(CLOCK_SQL).scalar_one()
+                after = utcnow()
+            offset = engine.clock_offset = (measured, server - (before + (after - before) / 2))
+        return utcnow() + offset[1]
+
+    def skip_locked(self, query: Query, **options: Any) -> Query:
+        """A row locked by a frozen (or finishing) transaction is passed over, not waited for."""
+        return query.with_for_update(skip_locked=True, **options)  # type: ignore[attr-defined,no-any-return]
+
+    def wake_consumers(self, session: Session) -> None:
+        """``NOTIFY``: delivered to every listening consumer at commit, one per commit."""
+        session.execute(WAKE_SQL)
+
+    def submit_in_one_statement(self, connection: Connection, row: dict[str, Any]) -> int:
+        """Task, SUBMITTED event and ``pg_notify`` as one statement on an autocommit connection."""
+        sql, json_columns = one_statement_submit_sql(tuple(row))
+        params = {name: json.dumps(value) if name in json_columns else value for name, value in row.items()}
+        params["event_kind"] = TaskEventKind.SUBMITTED.value
+        return int(connection.exec_driver_sql(sql, params).scalar_one())
+
+    def insert_tasks(self, writer: TaskWriter, rows: list[dict[str, Any]]) -> list[int]:
+        """Column-wise insert with events; ids come from the sequence in input order."""
+        params: dict[str, Any] = {f"c_{name}": [row[name] for row in rows] for name in BULK_INSERT_COLUMNS}
+        params["payloads"] = json.dumps([row["payload"] for row in rows])
+        params["now"] = rows[0]["created_at"]
+        ids = writer.session.execute(BULK_INSERT_SQL_POSTGRES, params).scalars().all()
+        return sorted(ids)
+
+    def claim(self, writer: TaskWriter, worker_id: str, limit: int, types: list[str], token: str,
+              direct: DirectConnection | None) -> Sequence[Any]:
+        """``CLAIM_SQL``; on the consumer's own autocommit connection when it has one.
+
+        The claim must walk ix_async_task_due in order and stop after ``limit`` rows. Right
+        after a burst of submits, before autovacuum has analysed the table, the planner
+        believes the table is tiny and sorts every due row instead (tens of ms, spilling to
+        disk, for each claim); forbidding the sort for this one transaction keeps the ordered
+        index scan whatever the statistics say (a direct connection is set up that way).
+        """
+        params = {"types": types, "limit": limit, "token": token, "worker": worker_id}
+        if direct is not None:  # one round trip
+            return [row._replace(created_at=row.created_at.astimezone(UTC))
+                    for row in direct.execute(CLAIM_SQL_DIRECT, params)]
+        writer.session.execute(NO_SORT_SQL)
+        return writer.session.execute(CLAIM_SQL_POSTGRES, params).all()
+
+    def succeed(self, writer: TaskWriter, successes: Sequence[Success], worker_id: str | None
+                ) -> tuple[set[tuple[int, str]], set[tuple[int, str]]]:
+        """``SUCCEED_SQL`` in the caller's transaction."""
+        rows = writer.session.execute(SUCCEED_SQL_POSTGRES, succeed_params(successes, worker_id)).all()
+        return ({(row.id, row.token) for row in rows},
+                {(row.id, row.token) for row in rows if row.cancel_requested_at is not None})
+
+
+def succeed_params(successes: Sequence[Success], worker_id: str | None) -> dict[str, Any]:
+    """The arrays ``SUCCEED_SQL`` takes."""
+    return {"ids": [f.task.id for f in successes], "tokens": [f.task.claim_token for f in successes],
+            "results": [json.dumps(stored_result(f.result.data)) for f in successes], "worker": worker_id}
+
+
+def succeed_directly(direct: DirectConnection, successes: Sequence[Success], worker_id: str | None
+                     ) -> list[Any]:
+    """``SUCCEED_SQL`` as one autocommit statement on a consumer's own connection."""
+    return direct.execute(SUCCEED_SQL_DIRECT, succeed_params(successes, worker_id))
+
+
+POSTGRES = PostgresDialect()

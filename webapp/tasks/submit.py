@@ -1,0 +1,169 @@
+"""Submitting tasks: one, many (all or nothing), idempotent repeats, and waking consumers.
+
+Input is checked first (``validation``); nothing is written for a refused submit. On
+PostgreSQL a lone submit outside the caller's transaction is one autocommit statement that
+also writes its event and wakes consumers (``Dialect.submit_in_one_statement``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import make_transient_to_detached
+
+from .errors import ValidationError
+from .models import AsyncTask
+from .store import TaskStore
+from .validation import checked_batch_item, task_row
+
+
+class TaskSnapshot(SimpleNamespace):
+    """A task as it was written by ``submit_many``: the same attributes as ``AsyncTask``, untracked."""
+
+    id: int
+    status: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    """A submitted task, and whether this call created it (False: idempotent repeat)."""
+
+    task: AsyncTask
+    created: bool
+
+
+class Submitter(TaskStore):
+    """Queue new tasks."""
+
+    def submit(
+        self,
+        task_type: str,
+        payload: Any,
+        priority: int | None = None,
+        created_by: str | None = None,
+        run_at: datetime | str | None = None,
+        *,
+        idempotency_key: str | None = None,
+        idempotency_scope: str | None = None,
+        notify_url: str | None = None,
+        parent_id: int | None = None,
+        commit: bool = True,
+    ) -> SubmitOutcome:
+        """Queue one task; with ``commit=False`` it joins the caller's transaction (no commit, no wake-up)."""
+        row = task_row(self.processor_for, self.db_now, task_type, payload, priority, created_by, run_at,
+                       idempotency_key, idempotency_scope, notify_url, parent_id)
+        if commit and self._may_submit_in_one_statement():
+            return self._submit_in_one_statement(row)
+        # Before the idempotency lookup: on SQLite a read that is later upgraded to a write fails
+        # with "database is locked" when another writer committed in between.
+        self.begin_write()
+        if idempotency_key is not None:
+            existing = self._find_idempotent(idempotency_scope, idempotency_key)
+            if existing is not None:
+                return SubmitOutcome(existing, False)
+        task = AsyncTask(**row)
+        try:
+            self.session.add(task)
+            self.session.flush()
+        except IntegrityError:
+            # Two submits with one idempotency key raced; the other one won.
+            self.session.rollback()
+            existing = self._find_idempotent(idempotency_scope, idempotency_key)
+            if existing is None:
+                raise
+            return SubmitOutcome(existing, False)
+        self.write_events([self.transition_event("submit", task.id, actor=created_by)])
+        if commit:
+            # Every column was set here, so the detached object is complete: answering the caller
+            # needs no reload after the commit.
+            self.session.expunge(task)
+            self.commit_new_work()
+        return SubmitOutcome(task, True)
+
+    def submit_many(self, items: Iterable[dict[str, Any]], *, idempotency_scope: str | None = None,
+                    commit: bool = True) -> list[TaskSnapshot]:
+        """Queue many tasks in one transaction; if any item is invalid, none is written.
+
+        Each item is a mapping with the ``submit_task`` arguments (``task_type``, ``payload``,
+        ``priority``, ``created_by``, ``run_at``, ``notify_url``). Errors name the item index.
+        """
+        rows = []
+        for index, item in enumerate(items):
+            checked_batch_item(index, item)
+            try:
+                rows.append(task_row(
+                    self.processor_for, self.db_now, item.get("task_type"), item.get("payload"),
+                    item.get("priority"), item.get("created_by"), item.get("run_at"), None,
+                    idempotency_scope, item.get("notify_url"), None))
+            except ValidationError as exc:
+                field = f"tasks[{index}].{exc.field}" if exc.field else f"tasks[{index}]"
+                raise type(exc)(f"item {index}: {exc.message}", field=field) from None
+        if not rows:
+            return []
+        self.begin_write()
+        ids = self.dialect.insert_tasks(self, rows)
+        if commit:
+            self.commit_new_work()
+        # Plain snapshots, not ORM instances: building 1,000 tracked objects costs more than the insert.
+        return [TaskSnapshot(id=task_id, **row) for task_id, row in zip(ids, rows, strict=True)]
+
+    def _may_submit_in_one_statement(self) -> bool:
+        """The database can, and no transaction or pending change of the caller's would be ended."""
+        session = self.session
+        return (self.dialect.submits_in_one_statement and not session.in_transaction()
+                and not (session.new or session.dirty or session.deleted))
+
+    def _submit_in_one_statement(self, row: dict[str, Any]) -> SubmitOutcome:
+        """Insert the task, its SUBMITTED event and the wake-up ``pg_notify`` as one autocommit statement.
+
+        The ORM path costs six round trips (pool ping, BEGIN, INSERT, event INSERT, NOTIFY,
+        COMMIT); one statement is atomic by itself, so it needs no BEGIN/COMMIT, and the notify
+        is delivered when it commits, exactly like a NOTIFY inside a transaction. With an
+        idempotency key the existing task is looked up first (one more statement), and a
+        concurrent submit that wins the unique key in between is found and returned as before.
+        """
+        session = self.session
+        key, scope = row["idempotency_key"], row["idempotency_scope"]
+        connection = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        try:
+            if key is not None:
+                existing = self._find_idempotent(scope, key)
+                if existing is not None:
+                    # Fully loaded by the lookup; detached so the autocommit connection goes
+                    # back to the pool now and later work on the session is transactional again.
+                    session.expunge(existing)
+                    session.commit()
+                    return SubmitOutcome(existing, False)
+            task_id = self.dialect.submit_in_one_statement(connection, row)
+        except IntegrityError:
+            session.rollback()
+            if key is None:
+                raise
+            # Two submits with one idempotency key raced; the other one won.
+            existing = self._find_idempotent(scope, key)
+            if existing is None:
+                raise
+            return SubmitOutcome(existing, False)
+        except BaseException:
+            session.rollback()
+            raise
+        session.commit()  # committed already (autocommit); this hands the connection back
+        # Every column was set from ``row``: a detached instance is as complete as a reloaded one.
+        task = AsyncTask(**row)
+        task.id = task_id
+        make_transient_to_detached(task)
+        self.announce_new_work()
+        return SubmitOutcome(task, True)
+
+    def _find_idempotent(self, scope: str | None, key: str | None) -> AsyncTask | None:
+        scope_clause = AsyncTask.idempotency_scope.is_(None) if scope is None else AsyncTask.idempotency_scope == scope
+        return self.session.scalars(
+            select(AsyncTask).where(scope_clause, AsyncTask.idempotency_key == key)
+        ).first()
