@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from webapp.tasks import dialect_postgres
 from webapp.tasks.bulk import BulkAction
+from webapp.tasks.fencing import LEASED
 from webapp.tasks.models import TaskEventKind, TaskStatus
 from webapp.tasks.transitions import (
     TRANSITIONS,
@@ -82,3 +84,10 @@ def test_events_carry_the_transition_statuses():
     assert TRANSITIONS["cancel"].event_fields() == {"kind": "CANCELLED", "to_status": "CANCELLED"}
     # No status change: no statuses on the event.
     assert TRANSITIONS["request_cancel"].event_fields() == {"kind": "CANCEL_REQUESTED"}
+
+
+def test_the_hand_written_statements_take_the_statuses_the_table_gives():
+    claimable = ", ".join(f"'{status}'" for status in starting_statuses("claim"))
+    assert f"status IN ({claimable})" in dialect_postgres.CLAIM_SQL
+    assert f"t.status = '{LEASED}'" in dialect_postgres.SUCCEED_SQL
+    assert starting_statuses("succeed") == starting_statuses("release") == (LEASED,)

@@ -74,6 +74,9 @@ class Dialect(Protocol):
     def skip_locked(self, query: Query, **options: Any) -> Query:
         """``query`` made to pass over rows another transaction holds, where the database can."""
 
+    def whole_minutes_since(self, column: Any, start: datetime) -> ColumnElement[int]:
+        """Whole minutes from ``start`` to ``column``, computed in the database."""
+
     def wake_consumers(self, session: Session) -> None:
         """Within the caller's transaction: signal other processes' consumers at commit."""
 

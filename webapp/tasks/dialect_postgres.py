@@ -16,7 +16,18 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Interval, TextClause, func, literal, text, type_coerce
+from sqlalchemy import (
+    JSON,
+    Integer,
+    Interval,
+    TextClause,
+    cast,
+    extract,
+    func,
+    literal,
+    text,
+    type_coerce,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -220,6 +231,11 @@ class PostgresDialect:
     def skip_locked(self, query: Query, **options: Any) -> Query:
         """A row locked by a frozen (or finishing) transaction is passed over, not waited for."""
         return query.with_for_update(skip_locked=True, **options)  # type: ignore[attr-defined,no-any-return]
+
+    def whole_minutes_since(self, column: Any, start: datetime) -> ColumnElement[int]:
+        """``floor((column - start) / 1 minute)``, computed in the database."""
+        seconds = extract("epoch", column - literal(start, UTCDateTime()))
+        return cast(func.floor(seconds / 60), Integer)
 
     def wake_consumers(self, session: Session) -> None:
         """``NOTIFY``: delivered to every listening consumer at commit, one per commit."""

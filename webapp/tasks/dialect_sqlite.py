@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import insert, literal, select, update
+from sqlalchemy import Integer, cast, func, insert, literal, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -19,9 +19,12 @@ from sqlalchemy.sql.elements import ColumnElement
 from .dialect import Success, TaskWriter
 from .direct import DirectConnection
 from .fencing import attempt_key, fenced_update, stored_result
-from .models import WAITING_STATUSES, AsyncTask, TaskStatus, UTCDateTime, utcnow
+from .models import AsyncTask, TaskStatus, UTCDateTime, utcnow
+from .transitions import starting_statuses
 
 Query = TypeVar("Query")
+
+CLAIMABLE = starting_statuses("claim")
 
 # What a claim returns: the columns a worker needs to run the attempt.
 CLAIM_RETURNING = (
@@ -70,6 +73,16 @@ class SqliteDialect:
         """Unchanged: one writer at a time holds the whole database."""
         return query
 
+    def whole_minutes_since(self, column: Any, start: datetime) -> ColumnElement[int]:
+        """Whole minutes from ``start`` (on a minute boundary) to ``column``, computed in the database.
+
+        SQLite stores naive UTC text. Whole seconds (not julianday's float days, which round a
+        time on the minute to 59.999...) divided as integers.
+        """
+        seconds_since = (cast(func.strftime("%s", column), Integer)
+                         - cast(func.strftime("%s", literal(start, UTCDateTime())), Integer))
+        return cast(seconds_since // 60, Integer)
+
     def wake_consumers(self, session: Session) -> None:
         """Nothing to send: other processes notice the commit themselves (``data_version``)."""
 
@@ -93,7 +106,7 @@ class SqliteDialect:
         # queue must not queue up behind each other and the web process's writes.
         anything_due = session.execute(
             select(AsyncTask.id)
-            .where(AsyncTask.status.in_(WAITING_STATUSES), AsyncTask.next_run_at <= literal(utcnow(), UTCDateTime()),
+            .where(AsyncTask.status.in_(CLAIMABLE), AsyncTask.next_run_at <= literal(utcnow(), UTCDateTime()),
                    AsyncTask.task_type.in_(types))
             .limit(1)
         ).first()
@@ -104,14 +117,14 @@ class SqliteDialect:
         now = writer.now()
         due = (
             select(AsyncTask.id)
-            .where(AsyncTask.status.in_(WAITING_STATUSES), AsyncTask.next_run_at <= now,
+            .where(AsyncTask.status.in_(CLAIMABLE), AsyncTask.next_run_at <= now,
                    AsyncTask.task_type.in_(types))
             .order_by(AsyncTask.priority.desc(), AsyncTask.next_run_at, AsyncTask.id)
             .limit(limit)
         )
         rows = session.execute(
             update(AsyncTask)
-            .where(AsyncTask.id.in_(due.scalar_subquery()), AsyncTask.status.in_(WAITING_STATUSES))
+            .where(AsyncTask.id.in_(due.scalar_subquery()), AsyncTask.status.in_(CLAIMABLE))
             .values(status=TaskStatus.PROCESSING.value, claim_token=token, worker_id=worker_id,
                     started_at=now, updated_at=now, attempts=AsyncTask.attempts + 1,
                     progress=None, progress_message=None)

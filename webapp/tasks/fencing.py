@@ -15,9 +15,11 @@ from typing import Any
 from sqlalchemy import Update, update
 
 from .attempt import TaskInfo
-from .models import AsyncTask, TaskStatus
+from .models import AsyncTask
+from .transitions import starting_statuses
 
-LEASED = TaskStatus.PROCESSING.value  # the only status in which an attempt holds a lease
+# The only status in which an attempt holds a lease: where a worker's outcome starts from.
+(LEASED,) = starting_statuses("succeed")
 
 
 def fenced_update(task_id: int, claim_token: str | None, *conditions: Any) -> Update:

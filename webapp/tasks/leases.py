@@ -312,11 +312,10 @@ class Leases(TaskStore):
         wanted = [(task_id, attempt, value) for task_id, attempt, value in holders if attempt >= 1]
         if not wanted:
             return set()
-        ended = set(self.session.execute(
+        ended = {(row.task_id, row.attempt) for row in self.session.execute(
             select(TaskEvent.task_id, TaskEvent.attempt)
             .where(TaskEvent.task_id.in_({task_id for task_id, _, _ in wanted}),
-                   TaskEvent.kind.in_(LEASE_ENDING_EVENTS))
-        ).tuples())
+                   TaskEvent.kind.in_(LEASE_ENDING_EVENTS)))}
         leased = set(self.session.scalars(
             select(AsyncTask.claim_token).where(AsyncTask.status == LEASED,
                                                 AsyncTask.claim_token.in_({value for _, _, value in wanted}))))

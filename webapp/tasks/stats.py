@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, cast, extract, func, literal, select
+from sqlalchemy import bindparam, func, literal, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -34,7 +34,6 @@ from .models import (
     Notification,
     NotificationStatus,
     TaskStatus,
-    UTCDateTime,
     Worker,
     utcnow,
 )
@@ -240,19 +239,6 @@ def counts_by_type(session: Session | None = None) -> dict[str, dict[str, int]]:
     return queries.counts_by_type(session or _session())
 
 
-def _minute_index(column: Any, start: datetime, dialect: str) -> ColumnElement[int]:
-    """Whole minutes from ``start`` to ``column``, computed in the database."""
-    start_value = literal(start, UTCDateTime())
-    if dialect == "postgresql":
-        seconds = extract("epoch", column - start_value)
-        return cast(func.floor(seconds / 60), Integer)
-    # SQLite stores naive UTC text. Whole seconds (not julianday's float days, which round a
-    # time on the minute to 59.999...) divided as integers: ``start`` is on a minute boundary.
-    seconds_since = (cast(func.strftime("%s", column), Integer)
-                     - cast(func.strftime("%s", start_value), Integer))
-    return cast(seconds_since // 60, Integer)
-
-
 def throughput(minutes: int = 60, now: datetime | None = None) -> Throughput:
     """Tasks finished (SUCCESS) and failed (FAILURE) per minute over the last ``minutes``.
 
@@ -262,8 +248,7 @@ def throughput(minutes: int = 60, now: datetime | None = None) -> Throughput:
     current_minute = now.replace(second=0, microsecond=0)
     start = current_minute - timedelta(minutes=minutes - 1)
     session = _session()
-    dialect = session.get_bind().dialect.name
-    minute = _minute_index(AsyncTask.finished_at, start, dialect).label("minute")
+    minute = dialect_of(session).whole_minutes_since(AsyncTask.finished_at, start).label("minute")
     rows = session.execute(
         select(minute, AsyncTask.status, func.count())
         .where(AsyncTask.finished_at >= start,
