@@ -14,11 +14,11 @@ from typing import Any
 from sqlalchemy import update
 
 from .errors import InvalidTransition, TaskNotFound
-from .models import AsyncTask, TaskStatus, TaskTypeState
+from .models import AsyncTask, TaskTypeState
 from .queries import ALL_TYPES, get_task, require_task
 from .store import TaskStore, engine_state
 from .submit import Submitter
-from .transitions import may, refusal_message, starting_statuses
+from .transitions import TRANSITIONS, may, refusal_message, starting_statuses
 from .validation import validate_task_id
 
 
@@ -49,17 +49,8 @@ class OperatorActions(TaskStore):
         No commit: ``cancel_task`` and bulk cancel (``bulk.py``) add their audit and commit.
         """
         now = self.now()
-        changed = sorted(self.session.execute(
-            update(AsyncTask)
-            .where(AsyncTask.id.in_(task_ids), AsyncTask.status.in_(starting_statuses("cancel")))
-            .values(status=TaskStatus.CANCELLED.value, finished_at=now, updated_at=now,
-                    claim_token=None, worker_id=None)
-            .returning(AsyncTask.id)
-            .execution_options(synchronize_session=False)
-        ).scalars().all())
-        self.write_events([self.transition_event("cancel", task_id, actor=actor, message=message)
-                           for task_id in changed])
-        return changed
+        return self._take_transition("cancel", task_ids, actor, message, finished_at=now, updated_at=now,
+                                     claim_token=None, worker_id=None)
 
     def _request_cancel(self, task_id: int, actor: str | None) -> AsyncTask:
         requested = self.session.execute(
@@ -106,16 +97,25 @@ class OperatorActions(TaskStore):
         No commit: ``retry_task`` and bulk retry (``bulk.py``) add their audit and commit.
         """
         now = self.now()
+        return self._take_transition("retry", task_ids, actor, message, retry_count=0, recovery_count=0,
+                                     next_run_at=now, updated_at=now, finished_at=None, started_at=None,
+                                     claim_token=None, worker_id=None)
+
+    def _take_transition(self, name: str, task_ids: Sequence[int], actor: str | None, message: str | None,
+                         **values: Any) -> list[int]:
+        """Move the tasks among ``task_ids`` that may take transition ``name`` to its target status.
+
+        One conditional UPDATE naming the transition's starting statuses, plus its events; the
+        ids that changed, ascending. No commit.
+        """
         changed = sorted(self.session.execute(
             update(AsyncTask)
-            .where(AsyncTask.id.in_(task_ids), AsyncTask.status.in_(starting_statuses("retry")))
-            .values(status=TaskStatus.PENDING.value, retry_count=0, recovery_count=0,
-                    next_run_at=now, updated_at=now, finished_at=None, started_at=None,
-                    claim_token=None, worker_id=None)
+            .where(AsyncTask.id.in_(task_ids), AsyncTask.status.in_(starting_statuses(name)))
+            .values(status=TRANSITIONS[name].to_status, **values)
             .returning(AsyncTask.id)
             .execution_options(synchronize_session=False)
         ).scalars().all())
-        self.write_events([self.transition_event("retry", task_id, actor=actor, message=message)
+        self.write_events([self.transition_event(name, task_id, actor=actor, message=message)
                            for task_id in changed])
         return changed
 
