@@ -19,6 +19,7 @@ from .dbliveness import install_liveness_check
 from .extensions import csrf, db, mail, migrate
 from .logging_setup import configure_logging
 from .startup_checks import refuse_weak_secret_key, running_flask_command
+from .teardown_guard import guard_teardowns
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -76,6 +77,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     register_cli(app)
     _register_blueprints(app)
+    guard_teardowns(app)  # last: every extension's and blueprint's callbacks are registered
     return app
 
 

@@ -1,18 +1,23 @@
 """JSON errors for everything under ``/api``: ``{"error": {"code", "message", "field"?}}``.
 
-Three layers make sure no HTML error page ever leaves ``/api``: a blueprint handler for errors
+Four layers make sure no HTML error page ever leaves ``/api``: a blueprint handler for errors
 raised inside API views, an app-wide handler for routing errors (404, 405) that only answers
-for ``/api`` paths, and an after-request net that converts any non-JSON error response under
-``/api`` that another app-wide handler may have produced.
+for ``/api`` paths, an after-request net that converts any non-JSON error response under
+``/api`` that another app-wide handler may have produced, and a WSGI middleware around the
+whole app for an exception that escapes Flask itself (a failing teardown, a middleware), which
+would otherwise reach gunicorn and come back as its HTML page.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from typing import Any
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..tasks.errors import InvalidTransition, TaskError, TaskNotFound, ValidationError
@@ -132,6 +137,52 @@ def json_error_safety_net(response: Response) -> Response:
     return error_response(status, code, message, headers=headers)
 
 
+class ApiJsonLastResort:
+    """WSGI middleware: an exception escaping Flask on an ``/api`` path becomes the JSON 500.
+
+    Where Flask propagates exceptions on purpose (``PROPAGATE_EXCEPTIONS``, testing, debug) they
+    propagate. If the server already sent the headers, ``start_response`` re-raises, as WSGI asks.
+    """
+
+    def __init__(self, app: Flask, wsgi_app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self.wsgi_app = wsgi_app
+
+    def _propagates(self) -> bool:
+        configured = self.app.config.get("PROPAGATE_EXCEPTIONS")
+        return bool(configured) if configured is not None else self.app.testing or self.app.debug
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not is_api_path(environ.get("PATH_INFO", "")):
+            return self.wsgi_app(environ, start_response)
+        started = False
+
+        def noting_start(*args: Any) -> Any:
+            nonlocal started
+            started = True
+            return start_response(*args)
+
+        try:
+            return self.wsgi_app(environ, noting_start)
+        except Exception:
+            if self._propagates():
+                raise
+            log.exception("API %s %s failed outside Flask's error handlers",
+                          environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            body = json.dumps({"error": {"code": HTTP_ERROR_CODES[500],
+                                         "message": HTTP_ERROR_MESSAGES[500]}}).encode()
+            start_response("500 INTERNAL SERVER ERROR",
+                           [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                            ("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-store")],
+                           *((sys.exc_info(),) if started else ()))  # exc_info only to replace
+            return [body]
+
+
+def install_json_last_resort(app: Flask) -> None:
+    """Wrap the app's WSGI callable (outermost) with ``ApiJsonLastResort``."""
+    app.wsgi_app = ApiJsonLastResort(app, app.wsgi_app)  # type: ignore[method-assign]
+
+
 def register_error_handlers(bp: Blueprint) -> None:
     """Attach every layer described in the module docstring to the API blueprint."""
     bp.register_error_handler(ApiError, handle_api_error)
@@ -139,3 +190,4 @@ def register_error_handlers(bp: Blueprint) -> None:
     bp.register_error_handler(HTTPException, handle_http_exception)
     bp.app_errorhandler(HTTPException)(handle_http_exception)
     bp.after_app_request(json_error_safety_net)
+    bp.record_once(lambda state: install_json_last_resort(cast(Flask, state.app)))
