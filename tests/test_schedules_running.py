@@ -1,0 +1,120 @@
+"""Schedules under a running consumer (its scheduler job, real time): overlap policies with tasks
+longer than the interval, and a schedule edited while it fires. SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from flask import Flask
+from sqlalchemy import select, text
+
+from tests.conftest import wait_until
+from webapp.extensions import db
+from webapp.schedules.models import Schedule, ScheduleRun
+from webapp.schedules.service import ScheduleService
+from webapp.tasks.consumer import Consumer
+from webapp.tasks.models import AsyncTask
+
+
+def running_app(make_app: Callable[..., Flask], backend: str) -> Flask:
+    app = make_app(backend, ASYNC_TASK_SCHEDULER_INTERVAL=0.2, ASYNC_TASK_CONCURRENCY=8)
+    with app.app_context():
+        db.session.execute(text("DELETE FROM schedule_run"))
+        db.session.execute(text("DELETE FROM schedule"))
+        db.session.commit()
+    return app
+
+
+def runs_of(app: Flask, name: str) -> list[tuple[ScheduleRun, AsyncTask | None]]:
+    with app.app_context():
+        try:
+            rows = db.session.execute(
+                select(ScheduleRun, AsyncTask).join(Schedule, Schedule.id == ScheduleRun.schedule_id)
+                .outerjoin(AsyncTask, AsyncTask.id == ScheduleRun.task_id)
+                .where(Schedule.name == name).order_by(ScheduleRun.slot_at)).all()
+            for run, task in rows:
+                db.session.expunge(run)
+                if task is not None:
+                    db.session.expunge(task)
+            return [(run, task) for run, task in rows]
+        finally:
+            db.session.remove()
+
+
+def test_overlap_policies_with_tasks_longer_than_the_interval(make_app: Callable[..., Flask],
+                                                              backend: str) -> None:
+    app = running_app(make_app, backend)
+    with app.app_context():
+        for policy in ("allow", "skip", "cancel_previous"):
+            # Each task runs 2.5 s (and stops early when asked to cancel); a slot comes every second.
+            ScheduleService().create({"name": policy, "task_type": "POLLS_CANCEL", "interval_seconds": 1,
+                                      "overlap": policy, "payload": {"seconds": 2.5}}, actor="test")
+        db.session.remove()
+    consumer = Consumer(app).start()
+    try:
+        wait_until(lambda: all(len(runs_of(app, name)) >= 5 for name in ("allow", "skip", "cancel_previous")),
+                   timeout=20, message="five slots of every schedule")
+        with app.app_context():
+            for name in ("allow", "skip", "cancel_previous"):
+                ScheduleService().set_enabled(name, False, actor="test")
+            db.session.remove()
+    finally:
+        consumer.stop(grace=5)
+
+    allow = [task for _, task in runs_of(app, "allow")]
+    assert all(task is not None for task in allow), allow
+    statuses = [task.status for task in allow if task is not None]
+    assert "CANCELLED" not in statuses
+    started = [task.started_at for task in allow if task is not None and task.started_at is not None]
+    finished = [task.finished_at for task in allow if task is not None and task.finished_at is not None]
+    assert started and finished and started[1] < finished[0], ("allow: the second run starts before the first "
+                                                               "ends", started, finished)
+
+    skip = runs_of(app, "skip")
+    skipped = [run for run, task in skip if task is None]
+    assert skipped and all("has not finished" in (run.skip_reason or "") for run in skipped), skip
+    skip_tasks = [task for _, task in skip if task is not None]
+    for earlier, later in zip(skip_tasks, skip_tasks[1:], strict=False):
+        # A slot is only taken once the previous task has finished: never two at once.
+        assert earlier.finished_at is not None, earlier
+        assert later.created_at >= earlier.finished_at - timedelta(seconds=0.05), (earlier.finished_at,
+                                                                                   later.created_at)
+
+    cancel = [task for _, task in runs_of(app, "cancel_previous")]
+    assert all(task is not None for task in cancel)
+    assert all(task.status == "CANCELLED" for task in cancel[:-2] if task is not None), \
+        [task.status for task in cancel if task is not None]
+
+
+def test_a_schedule_edited_while_running_follows_the_new_definition(make_app: Callable[..., Flask],
+                                                                    backend: str) -> None:
+    app = running_app(make_app, backend)
+    with app.app_context():
+        ScheduleService().create({"name": "edited", "task_type": "NOOP", "interval_seconds": 1,
+                                  "payload": {"v": 1}}, actor="test")
+        db.session.remove()
+    consumer = Consumer(app).start()
+    try:
+        wait_until(lambda: len(runs_of(app, "edited")) >= 2, timeout=10, message="two slots before the edit")
+        with app.app_context():
+            edited = ScheduleService().update("edited", {"interval_seconds": 2, "payload": {"v": 2}}, actor="test")
+            edited_at = edited.updated_at
+            db.session.remove()
+        wait_until(lambda: len([run for run, _ in runs_of(app, "edited") if run.slot_at > edited_at]) >= 3,
+                   timeout=15, message="three slots after the edit")
+        with app.app_context():
+            ScheduleService().set_enabled("edited", False, actor="test")
+            db.session.remove()
+    finally:
+        consumer.stop(grace=5)
+
+    runs = runs_of(app, "edited")
+    slots = [run.slot_at for run, _ in runs]
+    assert len(slots) == len(set(slots))
+    before = [(run, task) for run, task in runs if run.slot_at <= edited_at]
+    after = [(run, task) for run, task in runs if run.slot_at > edited_at]
+    assert all(task is not None and task.payload == {"v": 1} for _, task in before)
+    assert all(task is not None and task.payload == {"v": 2} for _, task in after)
+    gaps = {(b.slot_at - a.slot_at).total_seconds() for (a, _), (b, _) in zip(after, after[1:], strict=False)}
+    assert gaps == {2.0}
