@@ -59,7 +59,7 @@ def _tune_sqlite(engine: Engine) -> None:
     """SQLite: WAL (readers never block the writer), a busy timeout, explicit transactions.
 
     pysqlite's own transaction handling is switched off so that SQLAlchemy emits BEGIN itself,
-    which lets writers ask for BEGIN IMMEDIATE (see ``AsyncTaskService._begin_write``).
+    which lets writers ask for BEGIN IMMEDIATE (see ``SessionWriter.begin_write``).
     """
     if engine.dialect.name != "sqlite":
         return
