@@ -11,6 +11,7 @@ from webapp.console.presenters import nice_ceiling, throughput_chart
 from webapp.extensions import db
 from webapp.tasks import AsyncTaskService, TaskResult, stats
 from webapp.tasks.models import AsyncTask, Worker, utcnow
+from webapp.tasks.queries import Page
 
 FAR_FUTURE = "2999-01-01T00:00:00Z"
 
@@ -117,3 +118,18 @@ def test_chart_layout() -> None:
     assert last.failure_height > 0 and abs(last.failure_y + last.failure_height - last.success_y) < 0.01
     assert all(bar.success_y + bar.success_height <= chart.bottom + 0.01 for bar in chart.bars)
     assert [label for _, label, _ in chart.x_labels] == ["now", "-15 min", "-30 min", "-45 min"]
+
+
+def test_tasks_and_the_audit_log_page_through_one_keyset_helper(app_ctx):
+    service = AsyncTaskService()
+    ids = [service.submit_task("NOOP", {}).id for _ in range(5)]
+    for n in range(5):
+        service.audit("ann", "task.cancel", "task", n)
+    service.session.commit()
+    first = service.list_tasks(limit=3)
+    second = service.list_tasks(limit=3, cursor=first.next_cursor)
+    assert isinstance(first, Page) and [t.id for t in first.items + second.items] == ids[::-1]
+    assert second.next_cursor is None
+    audit = stats.audit_page(limit=4)
+    assert isinstance(audit, Page) and len(audit.items) == 4 and audit.next_cursor == audit.items[-1].id
+    assert len(stats.audit_page(limit=4, cursor=audit.next_cursor).items) == 1

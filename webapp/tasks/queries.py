@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select, Text, cast, func, or_, select
 from sqlalchemy.orm import Session
@@ -17,6 +17,8 @@ from sqlalchemy.sql.elements import ColumnElement
 from .errors import TaskNotFound, ValidationError
 from .models import AsyncTask, TaskEvent, TaskStatus, TaskTypeState, Worker, utcnow
 from .validation import validate_limit, validate_status, validate_task_id
+
+Row = TypeVar("Row")
 
 ALL_TYPES = "*"  # pausing this pauses every task type
 MAX_SEARCH_LENGTH = 200
@@ -36,14 +38,33 @@ class TaskFilter:
     priority_max: int | None = None
     task_id: int | None = None
     search: str | None = None  # id, or text found in the error or the payload
+    principal: str | None = None  # only tasks this principal submitted (an API token's reach)
 
 
 @dataclass(frozen=True)
-class TaskPage:
-    """One keyset page of tasks, newest first; ``next_cursor`` is the id to continue below."""
+class Page(Generic[Row]):
+    """One keyset page, newest first; ``next_cursor`` is the id to continue below (None: the last)."""
 
-    items: list[AsyncTask]
+    items: list[Row]
     next_cursor: int | None
+
+
+TaskPage = Page[AsyncTask]
+
+
+def keyset_page(session: Session, query: Select[Any], id_column: Any, limit: int,
+                cursor: int | None) -> Page[Any]:
+    """The rows of ``query`` with ids below ``cursor``, newest first, at most ``limit`` of them.
+
+    One extra row is read to know whether another page follows, so the last page says so
+    without a count. Tasks, notifications and the audit log page this way.
+    """
+    if cursor is not None:
+        query = query.where(id_column < cursor)
+    rows = list(session.scalars(query.order_by(id_column.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, rows[-1].id if more and rows else None)
 
 
 def filter_clauses(filters: TaskFilter) -> list[ColumnElement[bool]]:
@@ -67,6 +88,8 @@ def filter_clauses(filters: TaskFilter) -> list[ColumnElement[bool]]:
         clauses.append(AsyncTask.id == filters.task_id)
     if filters.search:
         clauses.append(search_clause(filters.search))
+    if filters.principal is not None:
+        clauses.append(AsyncTask.principal == filters.principal)
     return clauses
 
 
@@ -104,13 +127,8 @@ def list_tasks(session: Session, filters: TaskFilter | None = None, limit: int =
                cursor: int | None = None) -> TaskPage:
     """A keyset page of tasks matching ``filters``, newest first, continuing below ``cursor``."""
     validate_limit(limit)
-    query = filtered_query(filters or TaskFilter())
-    if cursor is not None:
-        query = query.where(AsyncTask.id < validate_task_id(cursor, "cursor"))
-    rows = list(session.scalars(query.order_by(AsyncTask.id.desc()).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return TaskPage(rows, rows[-1].id if more and rows else None)
+    below = validate_task_id(cursor, "cursor") if cursor is not None else None
+    return keyset_page(session, filtered_query(filters or TaskFilter()), AsyncTask.id, limit, below)
 
 
 def events_for(session: Session, task_id: int) -> list[TaskEvent]:

@@ -37,7 +37,7 @@ from .models import (
     Worker,
     utcnow,
 )
-from .queries import ALL_TYPES, MISSED_HEARTBEATS
+from .queries import ALL_TYPES, MISSED_HEARTBEATS, Page, keyset_page
 from .registry import ProcessorRegistry
 
 # Groups up to this many rows are counted exactly; larger ones are estimated (and labelled so).
@@ -334,28 +334,18 @@ def audit_for_task(task_id: int) -> list[AuditEntry]:
         .order_by(AuditEntry.id)))
 
 
-@dataclass(frozen=True)
-class AuditPage:
-    """One keyset page of audit entries, newest first."""
-
-    items: list[AuditEntry]
-    next_cursor: int | None
+AuditPage = Page[AuditEntry]
 
 
 def audit_page(limit: int = 100, cursor: int | None = None, actor: str | None = None,
                action: str | None = None) -> AuditPage:
     """Audit entries newest first, below ``cursor``, optionally of one actor / action prefix."""
     query = select(AuditEntry)
-    if cursor is not None:
-        query = query.where(AuditEntry.id < cursor)
     if actor:
         query = query.where(AuditEntry.actor == actor)
     if action:
         query = query.where(AuditEntry.action.startswith(action, autoescape=True))
-    rows = list(_session().scalars(query.order_by(AuditEntry.id.desc()).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return AuditPage(rows, rows[-1].id if more and rows else None)
+    return keyset_page(_session(), query, AuditEntry.id, limit, cursor)
 
 
 def is_terminal(status: str) -> bool:
