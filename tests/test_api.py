@@ -49,7 +49,7 @@ class Api:
 
 def _api_for(app: Flask, name: str) -> Api:
     with app.app_context():
-        _, secret = create_token(name)
+        _, secret = create_token(name, reach="all")  # the behaviour of every token before scopes
     return Api(app, app.test_client(), secret, name)
 
 

@@ -87,7 +87,8 @@ def submit_command(task_type: str, payload: str, priority: str | None, created_b
         except ValueError:
             _fail(f"--priority must be an integer, got {priority!r}")
     try:
-        task = AsyncTaskService().submit_task(task_type, data, parsed_priority, created_by, run_at)
+        task = AsyncTaskService().submit_task(task_type, data, parsed_priority, created_by, run_at,
+                                              principal="cli")
     except TaskError as exc:
         _fail(exc.message)
     click.echo(task.id)

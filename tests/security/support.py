@@ -113,7 +113,7 @@ def build_world(app: Flask) -> World:
     with app.app_context():
         pending_id = AsyncTaskService().submit_task("NOOP", {"n": 1}, run_at=FAR_FUTURE).id
         create_user(TARGET_USER, PASSWORD, "viewer")
-        _, secret = create_token(TOKEN_NAME)
+        _, secret = create_token(TOKEN_NAME, reach="all")
     return World(app, pending_id, failed_task(app), secret)
 
 

@@ -12,8 +12,10 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from flask import current_app
 from sqlalchemy import or_, select, update
@@ -38,8 +40,17 @@ VERIFIED_TOKEN_TTL = 2.0
 VERIFIED_TOKEN_CACHE_LIMIT = 1000
 
 
+# What a token may do: queue tasks; read tasks and task types; cancel, retry and resubmit.
+SCOPES = ("submit", "read", "operate")
+# Which tasks it sees and acts on: those it submitted itself, or every task.
+REACH_OWN, REACH_ALL = "own", "all"
+REACHES = (REACH_OWN, REACH_ALL)
+DOMAIN_PATTERN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+ADDRESS_PATTERN = re.compile(r"^[^@\s,]{1,64}@(?=.{1,253}$)[a-z0-9.-]+$")
+
+
 class TokenError(ValueError):
-    """A token cannot be created or revoked as asked (bad name, duplicate, unknown)."""
+    """A token cannot be created, changed or revoked as asked (bad name or value, duplicate, unknown)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,71 @@ class TokenIdentity:
 
     id: int
     name: str
+    scopes: frozenset[str] = frozenset(SCOPES)
+    reach: str = REACH_ALL
+    allowed_recipients: tuple[str, ...] | None = None  # None: any recipient
+
+    @property
+    def principal(self) -> str:
+        """How tasks this token submits record their submitter."""
+        return f"token:{self.name}"
+
+    @property
+    def reaches_all(self) -> bool:
+        """Whether the token sees and acts on every task, not only its own."""
+        return self.reach == REACH_ALL
+
+
+def parse_scopes(values: Iterable[str] | str | None) -> tuple[str, ...]:
+    """Scopes in their canonical order; ``None`` or nothing given means all of them."""
+    if values is None:
+        return SCOPES
+    items = [part.strip().lower() for value in ([values] if isinstance(values, str) else values)
+             for part in value.split(",") if part.strip()]
+    unknown = sorted(set(items) - set(SCOPES))
+    if unknown:
+        raise TokenError(f"unknown scope {unknown[0]!r}; use {', '.join(SCOPES)}")
+    if not items:
+        raise TokenError(f"give at least one scope: {', '.join(SCOPES)}")
+    return tuple(scope for scope in SCOPES if scope in items)
+
+
+def parse_reach(value: str) -> str:
+    """``own`` or ``all``."""
+    reach = (value or "").strip().lower()
+    if reach not in REACHES:
+        raise TokenError(f"reach must be {' or '.join(REACHES)}, got {value!r}")
+    return reach
+
+
+def parse_recipients(values: Iterable[str] | str | None) -> tuple[str, ...] | None:
+    """Allowed recipients: domains (``example.com``, subdomains included) and exact addresses."""
+    if values is None:
+        return None
+    items = [part.strip().lower() for value in ([values] if isinstance(values, str) else values)
+             for part in value.split(",") if part.strip()]
+    for item in items:
+        if not (DOMAIN_PATTERN.match(item) or ADDRESS_PATTERN.match(item)):
+            raise TokenError(f"allowed recipient {item!r} is neither a domain nor an email address")
+    if not items:
+        raise TokenError("give at least one domain or address to allow (or none to allow any)")
+    return tuple(dict.fromkeys(items))
+
+
+def recipient_allowed(allowed: tuple[str, ...] | None, address: str) -> bool:
+    """Whether ``address`` (an email address, or a bare host name) matches the allow-list."""
+    if allowed is None:
+        return True
+    address = address.strip().lower()
+    domain = address.rpartition("@")[2]
+    return any(address == entry if "@" in entry else (domain == entry or domain.endswith("." + entry))
+               for entry in allowed)
+
+
+def _identity(row: Any) -> TokenIdentity:
+    recipients = tuple(row.allowed_recipients.split(",")) if row.allowed_recipients else None
+    return TokenIdentity(id=row.id, name=row.name, scopes=frozenset(parse_scopes(row.scopes)),
+                         reach=row.reach, allowed_recipients=recipients)
 
 
 def hash_token(token: str) -> str:
@@ -65,25 +141,77 @@ def validate_token_name(name: str) -> str:
     return name
 
 
-def create_token(name: str, actor: str | None = None) -> tuple[ApiToken, str]:
-    """Store a new token under ``name``; return the row and the secret (never stored, shown once)."""
+def create_token(name: str, actor: str | None = None, *, scopes: Iterable[str] | str | None = None,
+                 reach: str = REACH_OWN, allowed_recipients: Iterable[str] | str | None = None,
+                 notifications_per_hour: int | None = None) -> tuple[ApiToken, str]:
+    """Store a new token under ``name``; return the row and the secret (never stored, shown once).
+
+    A new token has every scope unless ``scopes`` narrows them, and reaches only the tasks it
+    submits unless ``reach="all"`` is granted explicitly.
+    """
     validate_token_name(name)
+    settings = _checked_settings(scopes, reach, allowed_recipients, notifications_per_hour)
     existing = db.session.scalars(select(ApiToken).where(ApiToken.name == name)).first()
     if existing is not None:
         state = "revoked" if existing.revoked_at is not None else "active"
         db.session.rollback()
         raise TokenError(f"a token named {name!r} already exists ({state}); pick another name")
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    row = ApiToken(name=name, token_hash=hash_token(secret), created_at=utcnow())
+    row = ApiToken(name=name, token_hash=hash_token(secret), created_at=utcnow(), **settings)
     db.session.add(row)
     if actor is not None:
-        _audit(actor, "token.create", name)
+        _audit(actor, "token.create", name, detail=_described(settings))
     try:
         db.session.commit()
     except IntegrityError:  # another process created the same name a moment ago
         db.session.rollback()
         raise TokenError(f"a token named {name!r} already exists; pick another name") from None
     return row, secret
+
+
+def _checked_settings(scopes: Iterable[str] | str | None, reach: str,
+                      allowed_recipients: Iterable[str] | str | None,
+                      notifications_per_hour: int | None) -> dict[str, Any]:
+    """Column values of a token's permissions, every one checked (``TokenError`` otherwise)."""
+    if notifications_per_hour is not None and (isinstance(notifications_per_hour, bool)
+                                               or not 0 <= notifications_per_hour <= 1_000_000):
+        raise TokenError("notifications per hour must be a whole number from 0 to 1000000")
+    recipients = parse_recipients(allowed_recipients)
+    return {"scopes": ",".join(parse_scopes(scopes)), "reach": parse_reach(reach),
+            "allowed_recipients": ",".join(recipients) if recipients is not None else None,
+            "notifications_per_hour": notifications_per_hour}
+
+
+def _described(settings: dict[str, Any]) -> dict[str, Any]:
+    """A token's permissions as the audit log records them."""
+    return {key: value for key, value in settings.items() if value is not None}
+
+
+UNCHANGED: Any = object()
+
+
+def update_token(name: str, actor: str | None = None, *, scopes: Any = UNCHANGED, reach: Any = UNCHANGED,
+                 allowed_recipients: Any = UNCHANGED, notifications_per_hour: Any = UNCHANGED) -> ApiToken:
+    """Change an active token's scopes, reach, allowed recipients or notification limit.
+
+    Every process sees the change within ``VERIFIED_TOKEN_TTL`` seconds (this one at once).
+    """
+    row = db.session.scalars(select(ApiToken).where(ApiToken.name == name)).first()
+    if row is None or row.revoked_at is not None:
+        db.session.rollback()
+        raise TokenError(f"no active token named {name!r}")
+    current_recipients = row.allowed_recipients.split(",") if row.allowed_recipients else None
+    settings = _checked_settings(
+        row.scopes if scopes is UNCHANGED else scopes, row.reach if reach is UNCHANGED else reach,
+        current_recipients if allowed_recipients is UNCHANGED else allowed_recipients,
+        row.notifications_per_hour if notifications_per_hour is UNCHANGED else notifications_per_hour)
+    for key, value in settings.items():
+        setattr(row, key, value)
+    if actor is not None:
+        _audit(actor, "token.update", name, detail=_described(settings))
+    db.session.commit()
+    _verified_cache().forget(row.token_hash)
+    return row
 
 
 def revoke_token(name: str, actor: str | None = None) -> ApiToken:
@@ -117,7 +245,8 @@ def verify_token(secret: str) -> TokenIdentity | None:
     if not secret or len(secret) > MAX_TOKEN_LENGTH:
         return None
     row = db.session.execute(
-        select(ApiToken.id, ApiToken.name, ApiToken.last_used_at)
+        select(ApiToken.id, ApiToken.name, ApiToken.last_used_at, ApiToken.scopes, ApiToken.reach,
+               ApiToken.allowed_recipients)
         .where(ApiToken.token_hash == hash_token(secret), ApiToken.revoked_at.is_(None))
     ).first()
     db.session.rollback()
@@ -126,7 +255,7 @@ def verify_token(secret: str) -> TokenIdentity | None:
     now = utcnow()
     if row.last_used_at is None or row.last_used_at < now - LAST_USED_RESOLUTION:
         _stamp_last_used(row.id, now)
-    return TokenIdentity(id=row.id, name=row.name)
+    return _identity(row)
 
 
 class VerifiedTokenCache:

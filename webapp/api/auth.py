@@ -10,6 +10,25 @@ from .errors import ApiError
 # Endpoints anyone may call: the API's own description, so tools can read it without a secret.
 PUBLIC_ENDPOINTS = frozenset({"api.openapi_document"})
 CHALLENGE = 'Bearer realm="api"'
+# The scope each call needs (flask tokens create NAME --scope ...). Endpoints not listed here
+# (added later) need "read" to read and "operate" to change anything.
+ENDPOINT_SCOPES = {
+    "api.submit_task": "submit",
+    "api.submit_task_batch": "submit",
+    "api.list_tasks": "read",
+    "api.get_task": "read",
+    "api.list_task_types": "read",
+    "api.cancel_task": "operate",
+    "api.retry_task": "operate",
+    "api.resubmit_task": "operate",
+}
+
+
+def scope_needed(endpoint: str | None, method: str) -> str:
+    """The scope a call to ``endpoint`` with ``method`` needs."""
+    if endpoint in ENDPOINT_SCOPES:
+        return ENDPOINT_SCOPES[endpoint]
+    return "read" if method in ("GET", "HEAD") else "operate"
 
 
 def bearer_token_from_header(header: str | None) -> str | None:
@@ -38,6 +57,12 @@ def require_api_token() -> None:
         raise ApiError(401, "invalid_token", "the bearer token is not valid or has been revoked",
                        headers={"WWW-Authenticate": f'{CHALLENGE}, error="invalid_token"'})
     g.api_token = identity
+    scope = scope_needed(request.endpoint, request.method)
+    if scope not in identity.scopes:
+        raise ApiError(403, "forbidden",
+                       f"token {identity.name!r} lacks the {scope!r} scope this call needs "
+                       f"(it has: {', '.join(sorted(identity.scopes))}); an admin grants scopes with "
+                       f"'flask tokens update {identity.name} --scope {scope}'")
 
 
 def optional_token() -> TokenIdentity | None:

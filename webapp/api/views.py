@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Response, current_app, jsonify, request, url_for
 
+from ..accounts.tokens import recipient_allowed
 from ..tasks.errors import TaskNotFound, ValidationError
 from ..tasks.models import AsyncTask
 from ..tasks.serialize import task_to_dict
@@ -35,9 +38,40 @@ def _existing_task_id(task_id: int) -> int:
     return task_id
 
 
-def _creator(value: Any) -> Any:
-    """``created_by`` as given, or the token's name when the caller left it out."""
-    return current_token().name if value is None or value == "" else value
+def _creator(value: Any, field: str = "created_by") -> Any:
+    """``created_by`` as given, or the token's name when the caller left it out.
+
+    A token restricted to some recipients may only name an allowed address (its tasks mail
+    their creator): anything else containing '@' is refused with 422 naming the field.
+    """
+    token = current_token()
+    creator = token.name if value is None or value == "" else value
+    if isinstance(creator, str) and "@" in creator and not recipient_allowed(token.allowed_recipients, creator):
+        raise ValidationError(f"{field} {creator!r} is not a recipient token {token.name!r} may notify "
+                              f"(allowed: {', '.join(token.allowed_recipients or ())})", field=field)
+    return creator
+
+
+def _checked_notify_url(value: Any, field: str = "notify_url") -> Any:
+    """A webhook URL whose host the token's recipient list allows (any URL when unrestricted)."""
+    token = current_token()
+    if isinstance(value, str) and value and token.allowed_recipients is not None:
+        host = urlsplit(value).hostname or ""
+        if not recipient_allowed(token.allowed_recipients, host):
+            raise ValidationError(f"{field} host {host!r} is not a recipient token {token.name!r} may "
+                                  f"notify (allowed: {', '.join(token.allowed_recipients)})", field=field)
+    return value
+
+
+def _reachable(task_id: int) -> int:
+    """The id of a task this token may see; any other task answers 404, as if it did not exist."""
+    task_id = _existing_task_id(task_id)
+    token = current_token()
+    if not token.reaches_all:
+        task = AsyncTaskService().get_task(task_id)
+        if task is None or task.principal != token.principal:
+            raise TaskNotFound(f"task {task_id} does not exist")
+    return task_id
 
 
 @bp.post("/tasks")
@@ -48,7 +82,8 @@ def submit_task() -> Response:
     outcome = AsyncTaskService().submit(
         body["task_type"], body["payload"], body.get("priority"), _creator(body.get("created_by")),
         body.get("run_at"), idempotency_key=body.get("idempotency_key"),
-        idempotency_scope=current_token().name, notify_url=body.get("notify_url"),
+        idempotency_scope=current_token().name, notify_url=_checked_notify_url(body.get("notify_url")),
+        principal=current_token().principal,
     )
     response = _task_response(outcome.task, 202 if outcome.created else 200)
     response.headers["Location"] = url_for("api.get_task", task_id=outcome.task.id)
@@ -64,10 +99,13 @@ def submit_task_batch() -> Response:
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH_SIZE:
         raise ValidationError(f"tasks must be an array of 1 to {MAX_BATCH_SIZE} task objects", field="tasks")
     prepared = [
-        {**item, "created_by": _creator(item.get("created_by"))} if isinstance(item, dict) else item
-        for item in items
+        {**item, "created_by": _creator(item.get("created_by"), f"tasks[{index}].created_by"),
+         "notify_url": _checked_notify_url(item.get("notify_url"), f"tasks[{index}].notify_url")}
+        if isinstance(item, dict) else item
+        for index, item in enumerate(items)
     ]
-    tasks = AsyncTaskService().submit_many(prepared, idempotency_scope=current_token().name)
+    tasks = AsyncTaskService().submit_many(prepared, idempotency_scope=current_token().name,
+                                           principal=current_token().principal)
     response = jsonify(items=[task_to_dict(task) for task in tasks])
     response.status_code = 202
     return response
@@ -77,6 +115,9 @@ def submit_task_batch() -> Response:
 def list_tasks() -> Response:
     """Tasks matching the filters, newest first, one keyset page at a time."""
     filters, limit, cursor = parse_list_query(request.args)
+    token = current_token()
+    if not token.reaches_all:  # only the tasks this token submitted (indexed: principal, id)
+        filters = replace(filters, principal=token.principal)
     page = AsyncTaskService().list_tasks(filters, limit, cursor)
     return jsonify(items=[task_to_dict(task) for task in page.items],
                    next_cursor=encode_cursor(page.next_cursor))
@@ -85,21 +126,21 @@ def list_tasks() -> Response:
 @bp.get("/tasks/<int:task_id>")
 def get_task(task_id: int) -> Response:
     """One task: 200 with its JSON, or 404."""
-    task = AsyncTaskService().require_task(_existing_task_id(task_id))
+    task = AsyncTaskService().require_task(_reachable(task_id))
     return _task_response(task, 200)
 
 
 @bp.post("/tasks/<int:task_id>/cancel")
 def cancel_task(task_id: int) -> Response:
     """Cancel a task: 200 when PENDING/RETRYING (now CANCELLED), 202 when PROCESSING (requested)."""
-    task = AsyncTaskService().cancel_task(_existing_task_id(task_id), actor=api_actor())
+    task = AsyncTaskService().cancel_task(_reachable(task_id), actor=api_actor())
     return _task_response(task, 202 if task.status == "PROCESSING" else 200)
 
 
 @bp.post("/tasks/<int:task_id>/retry")
 def retry_task(task_id: int) -> Response:
     """Send a FAILURE task back to PENDING: 200, 404, or 409 for any other status."""
-    task = AsyncTaskService().retry_task(_existing_task_id(task_id), actor=api_actor())
+    task = AsyncTaskService().retry_task(_reachable(task_id), actor=api_actor())
     return _task_response(task, 200)
 
 
@@ -108,7 +149,8 @@ def resubmit_task(task_id: int) -> Response:
     """Edit and retry: a new task with the given payload, linked to a FAILURE or CANCELLED one."""
     body = read_json_object()
     check_fields(body, ("payload",), ("payload",))
-    task = AsyncTaskService().resubmit_task(_existing_task_id(task_id), body["payload"], actor=api_actor())
+    task = AsyncTaskService().resubmit_task(_reachable(task_id), body["payload"], actor=api_actor(),
+                                            principal=current_token().principal)
     response = _task_response(task, 202)
     response.headers["Location"] = url_for("api.get_task", task_id=task.id)
     return response

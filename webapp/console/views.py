@@ -45,7 +45,7 @@ bp.after_request(no_store)
 # Fields shown in the detail page's table, in this order (payload and result get their own blocks).
 DETAIL_FIELDS = [
     "id", "task_type", "status", "priority", "retry_count", "max_retry_count", "retry_strategy",
-    "retry_interval", "attempts", "recovery_count", "created_by", "created_at", "updated_at",
+    "retry_interval", "attempts", "recovery_count", "created_by", "principal", "created_at", "updated_at",
     "started_at", "finished_at", "next_run_at", "worker_id", "progress", "progress_message",
     "idempotency_key", "notify_url", "parent_id", "cancel_requested_at",
 ]

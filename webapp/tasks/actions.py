@@ -119,10 +119,13 @@ class OperatorActions(TaskStore):
                            for task_id in changed])
         return changed
 
-    def resubmit_task(self, task_id: Any, payload: Any, actor: str | None = None) -> AsyncTask:
+    def resubmit_task(self, task_id: Any, payload: Any, actor: str | None = None,
+                      principal: str | None = None) -> AsyncTask:
         """Edit and retry: a new task with ``payload`` linked to a FAILURE or CANCELLED original.
 
-        The original row is never changed; both timelines record the link.
+        The original row is never changed; both timelines record the link. The new task is
+        submitted by ``principal``, or by the original's principal when none is given (so a
+        token that reaches only its own tasks still reaches its resubmitted ones).
         """
         original = require_task(self.session, task_id)
         if not may("resubmit", original.status):
@@ -130,7 +133,8 @@ class OperatorActions(TaskStore):
                                     current_status=original.status)
         outcome = self.part(Submitter).submit(
             original.task_type, payload, original.priority, original.created_by,
-            notify_url=original.notify_url, parent_id=original.id, commit=False)
+            notify_url=original.notify_url, parent_id=original.id, commit=False,
+            principal=principal if principal is not None else original.principal)
         new_task = outcome.task
         self.write_events([self.transition_event("resubmit", original.id, actor=actor,
                                                  message=f"edited and resubmitted as task {new_task.id}")])

@@ -104,24 +104,24 @@ BULK_INSERT_COLUMNS = {
     "task_type": "varchar", "priority": "integer", "max_retry_count": "integer",
     "retry_strategy": "varchar", "retry_interval": "float8", "retry_max_delay": "float8",
     "retry_jitter": "float8", "created_by": "varchar", "next_run_at": "timestamptz",
-    "notify_url": "varchar",
+    "notify_url": "varchar", "principal": "varchar",
 }
 BULK_INSERT_SQL_POSTGRES = text(
     "WITH new AS ("
     " INSERT INTO async_task (task_type, status, priority, payload, retry_count, max_retry_count,"
     " retry_strategy, retry_interval, retry_max_delay, retry_jitter, created_by, created_at,"
-    " updated_at, next_run_at, attempts, recovery_count, notify_url)"
+    " updated_at, next_run_at, attempts, recovery_count, notify_url, principal)"
     " SELECT v.task_type, 'PENDING', v.priority, CAST(:payloads AS jsonb) -> CAST(v.position - 1 AS integer),"
     " 0, v.max_retry_count, v.retry_strategy,"
     " v.retry_interval, v.retry_max_delay, v.retry_jitter, v.created_by, CAST(:now AS timestamptz),"
-    " CAST(:now AS timestamptz), v.next_run_at, 0, 0, v.notify_url"
+    " CAST(:now AS timestamptz), v.next_run_at, 0, 0, v.notify_url, v.principal"
     " FROM unnest(" + ", ".join(f"CAST(:c_{name} AS {kind}[])" for name, kind in BULK_INSERT_COLUMNS.items())
     + ") WITH ORDINALITY AS v(" + ", ".join(BULK_INSERT_COLUMNS) + ", position)"
     " ORDER BY v.position"
-    " RETURNING id, created_by"
+    " RETURNING id, principal"
     "), events AS ("
     " INSERT INTO task_event (task_id, at, kind, to_status, actor)"
-    " SELECT id, CAST(:now AS timestamptz), 'SUBMITTED', 'PENDING', created_by FROM new"
+    " SELECT id, CAST(:now AS timestamptz), 'SUBMITTED', 'PENDING', principal FROM new"
     ") SELECT id FROM new"
 )
 
@@ -142,9 +142,9 @@ def one_statement_submit_sql(columns: tuple[str, ...]) -> tuple[str, frozenset[s
                            for name in columns)
         sql = (
             f"WITH new_task AS (INSERT INTO async_task ({', '.join(columns)}) VALUES ({values})"
-            " RETURNING id, status, created_at, created_by),"
+            " RETURNING id, status, created_at, principal),"
             " new_task_event AS (INSERT INTO task_event (task_id, at, kind, to_status, actor)"
-            " SELECT id, created_at, %(event_kind)s, status, created_by FROM new_task)"
+            " SELECT id, created_at, %(event_kind)s, status, principal FROM new_task)"
             f" SELECT id, pg_notify('{WAKE_CHANNEL}', '') FROM new_task"
         )
         cached = _ONE_STATEMENT_SUBMIT_SQL[columns] = (sql, json_columns)

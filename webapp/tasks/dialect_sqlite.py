@@ -94,7 +94,7 @@ class SqliteDialect:
         """One multi-row INSERT … RETURNING in input order, then the SUBMITTED events."""
         ids = list(writer.session.execute(
             insert(AsyncTask).returning(AsyncTask.id, sort_by_parameter_order=True), rows).scalars())
-        writer.write_events([writer.transition_event("submit", task_id, actor=row.get("created_by"))
+        writer.write_events([writer.transition_event("submit", task_id, actor=row.get("principal"))
                              for task_id, row in zip(ids, rows, strict=True)])
         return ids
 

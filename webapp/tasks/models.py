@@ -111,6 +111,9 @@ class AsyncTask(db.Model):  # type: ignore[name-defined,misc]
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     notify_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     parent_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("async_task.id"), nullable=True)
+    # Who submitted it: ``token:<name>``, ``user:<name>`` or ``cli`` (None: Python code in-process).
+    # An API token whose reach is its own tasks sees only rows with its principal (migration 0006).
+    principal: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
     # Operator features: progress reports and cooperative cancel of a running task.
     progress: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -151,6 +154,8 @@ class AsyncTask(db.Model):  # type: ignore[name-defined,misc]
             sqlite_where=text("status IN ('PENDING', 'RETRYING')"),
         ),
         Index("ix_async_task_created_by_id", "created_by", "id"),
+        # A token's own tasks, newest first (the reach filter of the API, migration 0006).
+        Index("ix_async_task_principal_id", "principal", "id"),
         Index("ix_async_task_created_at", "created_at"),
         Index("ix_async_task_finished_at", "finished_at"),
         UniqueConstraint("idempotency_scope", "idempotency_key", name="uq_async_task_idempotency"),

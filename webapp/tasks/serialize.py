@@ -41,6 +41,7 @@ def task_to_dict(task: AsyncTask | Any) -> dict[str, Any]:
         "idempotency_key": task.idempotency_key,
         "notify_url": task.notify_url,
         "parent_id": task.parent_id,
+        "principal": task.principal,
         "progress": task.progress,
         "progress_message": task.progress_message,
         "cancel_requested_at": iso(task.cancel_requested_at),

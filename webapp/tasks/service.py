@@ -68,20 +68,24 @@ class AsyncTaskService(TaskStore):
     def submit(self, task_type: str, payload: Any, priority: int | None = None, created_by: str | None = None,
                run_at: datetime | str | None = None, *, idempotency_key: str | None = None,
                idempotency_scope: str | None = None, notify_url: str | None = None,
-               parent_id: int | None = None, commit: bool = True) -> SubmitOutcome:
+               parent_id: int | None = None, commit: bool = True,
+               principal: str | None = None) -> SubmitOutcome:
         """Like ``submit_task`` but says whether an idempotent repeat returned an existing task.
 
         ``commit=False`` joins the caller's transaction: the task is inserted and flushed, and
-        the caller commits it together with its own rows.
+        the caller commits it together with its own rows. ``principal`` records who submitted
+        (``token:<name>``, ``user:<name>``, ``cli``).
         """
         return self.part(Submitter).submit(
             task_type, payload, priority, created_by, run_at, idempotency_key=idempotency_key,
-            idempotency_scope=idempotency_scope, notify_url=notify_url, parent_id=parent_id, commit=commit)
+            idempotency_scope=idempotency_scope, notify_url=notify_url, parent_id=parent_id, commit=commit,
+            principal=principal)
 
     def submit_many(self, items: Iterable[dict[str, Any]], *, idempotency_scope: str | None = None,
-                    commit: bool = True) -> list[TaskSnapshot]:
+                    commit: bool = True, principal: str | None = None) -> list[TaskSnapshot]:
         """Queue many tasks in one transaction; if any item is invalid, none is written."""
-        return self.part(Submitter).submit_many(items, idempotency_scope=idempotency_scope, commit=commit)
+        return self.part(Submitter).submit_many(items, idempotency_scope=idempotency_scope, commit=commit,
+                                                principal=principal)
 
     # -- read --------------------------------------------------------------------------------
 
@@ -138,9 +142,11 @@ class AsyncTaskService(TaskStore):
         """FAILURE -> PENDING for these ids (no commit); the ids that changed."""
         return self.part(OperatorActions).retry_failed(task_ids, actor, message)
 
-    def resubmit_task(self, task_id: Any, payload: Any, actor: str | None = None) -> AsyncTask:
-        """Edit and retry: a new task with ``payload`` linked to a FAILURE or CANCELLED original."""
-        return self.part(OperatorActions).resubmit_task(task_id, payload, actor)
+    def resubmit_task(self, task_id: Any, payload: Any, actor: str | None = None,
+                      principal: str | None = None) -> AsyncTask:
+        """Edit and retry: a new task with ``payload`` linked to a FAILURE or CANCELLED original
+        (submitted by ``principal``, by default the original's)."""
+        return self.part(OperatorActions).resubmit_task(task_id, payload, actor, principal)
 
     def pause_task_type(self, task_type: str, actor: str | None = None) -> None:
         """Stop claiming ``task_type`` ('*' pauses every type); submissions still queue."""

@@ -55,10 +55,15 @@ class Submitter(TaskStore):
         notify_url: str | None = None,
         parent_id: int | None = None,
         commit: bool = True,
+        principal: str | None = None,
     ) -> SubmitOutcome:
-        """Queue one task; with ``commit=False`` it joins the caller's transaction (no commit, no wake-up)."""
+        """Queue one task; with ``commit=False`` it joins the caller's transaction (no commit, no wake-up).
+
+        ``principal`` (``token:<name>``, ``user:<name>``, ``cli``) is recorded on the task and as
+        its SUBMITTED event's actor.
+        """
         row = task_row(self.processor_for, self.db_now, task_type, payload, priority, created_by, run_at,
-                       idempotency_key, idempotency_scope, notify_url, parent_id)
+                       idempotency_key, idempotency_scope, notify_url, parent_id, principal)
         if commit and self._may_submit_in_one_statement():
             return self._submit_in_one_statement(row)
         # Before the idempotency lookup: on SQLite a read that is later upgraded to a write fails
@@ -79,7 +84,7 @@ class Submitter(TaskStore):
             if existing is None:
                 raise
             return SubmitOutcome(existing, False)
-        self.write_events([self.transition_event("submit", task.id, actor=created_by)])
+        self.write_events([self.transition_event("submit", task.id, actor=principal)])
         if commit:
             # Every column was set here, so the detached object is complete: answering the caller
             # needs no reload after the commit.
@@ -88,11 +93,12 @@ class Submitter(TaskStore):
         return SubmitOutcome(task, True)
 
     def submit_many(self, items: Iterable[dict[str, Any]], *, idempotency_scope: str | None = None,
-                    commit: bool = True) -> list[TaskSnapshot]:
+                    commit: bool = True, principal: str | None = None) -> list[TaskSnapshot]:
         """Queue many tasks in one transaction; if any item is invalid, none is written.
 
         Each item is a mapping with the ``submit_task`` arguments (``task_type``, ``payload``,
         ``priority``, ``created_by``, ``run_at``, ``notify_url``). Errors name the item index.
+        Every task records ``principal``.
         """
         rows = []
         for index, item in enumerate(items):
@@ -101,7 +107,7 @@ class Submitter(TaskStore):
                 rows.append(task_row(
                     self.processor_for, self.db_now, item.get("task_type"), item.get("payload"),
                     item.get("priority"), item.get("created_by"), item.get("run_at"), None,
-                    idempotency_scope, item.get("notify_url"), None))
+                    idempotency_scope, item.get("notify_url"), None, principal))
             except ValidationError as exc:
                 field = f"tasks[{index}].{exc.field}" if exc.field else f"tasks[{index}]"
                 raise type(exc)(f"item {index}: {exc.message}", field=field) from None

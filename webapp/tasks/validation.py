@@ -93,8 +93,12 @@ def unstorable_text(value: Any) -> str | None:
 
 def task_row(processor_for: Callable[[str], TaskProcessor], clock: Callable[[], datetime],
              task_type: Any, payload: Any, priority: Any, created_by: Any, run_at: Any,
-             idempotency_key: Any, idempotency_scope: Any, notify_url: Any, parent_id: Any) -> dict[str, Any]:
+             idempotency_key: Any, idempotency_scope: Any, notify_url: Any, parent_id: Any,
+             principal: str | None = None) -> dict[str, Any]:
     """The complete new row of a submit, every column set, or a ``ValidationError`` naming the field.
+
+    ``principal`` is who submits (``token:<name>``, ``user:<name>``, ``cli``), set by the front
+    end from its authentication, never from input; ``created_by`` is only the creator to notify.
 
     ``processor_for`` finds the task type's processor (``UnknownTaskType`` otherwise); ``clock``
     is the database's now, which becomes the creation time and, without ``run_at``, the due time.
@@ -142,6 +146,7 @@ def task_row(processor_for: Callable[[str], TaskProcessor], clock: Callable[[], 
         "idempotency_scope": idempotency_scope if idempotency_key is not None else None,
         "notify_url": notify_url,
         "parent_id": parent_id,
+        "principal": principal,
         "attempts": 0,
         "recovery_count": 0,
         # Columns a new task leaves empty, set explicitly so a returned object is complete.
