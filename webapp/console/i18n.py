@@ -59,6 +59,7 @@ STATUS_LABELS = {
     "SKIPPED": lazy_gettext("SKIPPED"),
     "FAILED": lazy_gettext("FAILED"),
     "DEAD": lazy_gettext("DEAD"),
+    "PURGED": lazy_gettext("PURGED"),  # a schedule run whose task has been deleted since
 }
 
 

@@ -39,9 +39,20 @@ ALIASES = {
 WEEKDAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 MAX_INTERVAL_SECONDS = 366 * 24 * 3600 * 10
 ONE_MICROSECOND = timedelta(microseconds=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Wall-clock searches give up after this many candidates (a cron that matches only
 # non-existent or already-passed wall times cannot loop forever).
 MAX_CANDIDATES = 10_000
+
+
+def _earliest_aligned(anchor: datetime, seconds: int) -> datetime:
+    """The earliest time after 1970 that is a whole number of intervals from ``anchor``.
+
+    Slots of a schedule without a start lie on the grid through its anchor in both directions,
+    so a backfill can reach back before the schedule was created.
+    """
+    steps = int((anchor - EPOCH).total_seconds() // seconds)
+    return anchor - timedelta(seconds=steps * seconds)
 
 
 def validate_timezone(name: object) -> ZoneInfo:
@@ -184,7 +195,9 @@ class Recurrence:
             self._cron_trigger = _wall_clock_trigger(self.cron)
         else:
             assert self.interval_seconds is not None
-            self._interval_trigger = IntervalTrigger(seconds=self.interval_seconds, start_date=start_at or anchor_at,
+            self._interval_trigger = IntervalTrigger(seconds=self.interval_seconds,
+                                                     start_date=start_at or _earliest_aligned(anchor_at,
+                                                                                              self.interval_seconds),
                                                      timezone=UTC)
 
     def next_at_or_after(self, moment: datetime) -> datetime | None:
