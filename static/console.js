@@ -66,6 +66,16 @@
     if (xhr && xhr.status >= 500) retryPoll(event);
   });
 
+  // A page refreshing itself is not the operator at work: marked, it does not count as activity,
+  // so a console left open still logs out after the idle time (webapp/console/sessions.py).
+  document.addEventListener("htmx:configRequest", function (event) {
+    var detail = event.detail || {};
+    var elt = detail.elt;
+    if (detail.verb === "get" && elt && elt.hasAttribute && elt.hasAttribute("data-poll")) {
+      detail.headers["X-Console-Poll"] = "1";
+    }
+  });
+
   document.addEventListener("DOMContentLoaded", restoreSelection);
 })();
 

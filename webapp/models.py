@@ -1,6 +1,6 @@
 """Imports every model so that metadata (and Alembic) sees all tables."""
 
-from .accounts.models import ApiToken, User
+from .accounts.models import ApiToken, LoginFailureCounter, User
 from .tasks.models import (
     AsyncTask,
     AuditEntry,
@@ -10,5 +10,5 @@ from .tasks.models import (
     Worker,
 )
 
-__all__ = ["ApiToken", "AsyncTask", "AuditEntry", "Notification", "TaskEvent", "TaskTypeState",
-           "User", "Worker"]
+__all__ = ["ApiToken", "AsyncTask", "AuditEntry", "LoginFailureCounter", "Notification", "TaskEvent",
+           "TaskTypeState", "User", "Worker"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Boolean, Integer, String
+from sqlalchemy import BigInteger, Boolean, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
@@ -44,6 +44,24 @@ class User(db.Model):  # type: ignore[name-defined,misc]
         return ROLE_RANK[Role(self.role)] >= ROLE_RANK[Role(role)]
 
 
+class LoginFailureCounter(db.Model):  # type: ignore[name-defined,misc]
+    """Failed (or throttled) logins of one key in the current window, seen by every process.
+
+    ``key`` is a SHA-256 of the scope and its values (an address, a username, or both), so a
+    password typed into the username box is never stored readable. ``audit_id`` is the audit
+    row that counts this window's throttled attempts (one row per address per window).
+    """
+
+    __tablename__ = "login_failure_counter"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16), nullable=False)
+    failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    window_started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    last_failure_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+    audit_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
 class ApiToken(db.Model):  # type: ignore[name-defined,misc]
     """A bearer token for applications; only its SHA-256 is stored."""
 
@@ -55,12 +73,3 @@ class ApiToken(db.Model):  # type: ignore[name-defined,misc]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    # What the token may do (comma-separated: submit, read, operate) and over which tasks (own:
-    # those it submitted; all). Tokens from before migration 0006 keep everything, as they had.
-    scopes: Mapped[str] = mapped_column(String(64), nullable=False, default="submit,read,operate",
-                                        server_default="submit,read,operate")
-    reach: Mapped[str] = mapped_column(String(8), nullable=False, default="own", server_default="all")
-    # Mail recipients the token may name (comma-separated domains and exact addresses; None: any)
-    # and notifications its tasks may send per hour (None: no limit).
-    allowed_recipients: Mapped[str | None] = mapped_column(String(2000), nullable=True)
-    notifications_per_hour: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -1,20 +1,14 @@
-"""Console users: create them, check passwords, and slow down password guessing.
+"""Console users: create them, check and change passwords, end their sessions.
 
-Passwords are stored as werkzeug hashes (scrypt by default). Failed logins are kept in the
-audit log (action ``login``, outcome ``failed``), so the per-username slow-down holds across
-every web process and survives restarts; a per-address counter in memory adds a second brake
-against one client trying many usernames.
+Passwords are stored as werkzeug hashes (scrypt by default) and must pass the policy of
+``passwords.py`` (12 characters, not a common password). Slowing down guessing is
+``throttle.py``'s concern; checking a login attempt end to end is ``login.py``'s.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-import threading
-import time
-from collections import deque
-from dataclasses import dataclass
-from datetime import timedelta
 
 from sqlalchemy import func, select
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -22,11 +16,11 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from ..extensions import db
 from ..tasks.audit import record_audit
 from ..tasks.errors import ValidationError
-from ..tasks.models import AuditEntry, utcnow
+from ..tasks.models import utcnow
 from .models import Role, User
+from .passwords import validate_password
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,79}$")
-MIN_PASSWORD_LENGTH = 8
 
 # A hash to compare against when the username does not exist, so both answers take as long.
 _DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
@@ -56,14 +50,6 @@ def validate_role(role: str) -> str:
         raise ValidationError(f"unknown role {role!r}; expected one of {allowed}", field="role") from None
 
 
-def validate_password(password: str) -> str:
-    """At least ``MIN_PASSWORD_LENGTH`` characters."""
-    if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
-        raise ValidationError(f"password must have at least {MIN_PASSWORD_LENGTH} characters",
-                              field="password")
-    return password
-
-
 def begin_write() -> None:
     """Start a write transaction; on SQLite take the write lock up front (BEGIN IMMEDIATE).
 
@@ -90,6 +76,13 @@ def count_users() -> int:
     return int(db.session.scalar(select(func.count()).select_from(User)) or 0)
 
 
+def existing_usernames(names: set[str]) -> set[str]:
+    """Which of ``names`` are usernames of existing users."""
+    if not names:
+        return set()
+    return set(db.session.scalars(select(User.username).where(User.username.in_(sorted(names)))))
+
+
 def list_users() -> list[User]:
     """Every console user, by username."""
     return list(db.session.scalars(select(User).order_by(User.username)))
@@ -99,7 +92,7 @@ def create_user(username: str, password: str, role: str, actor: str | None = Non
     """Create a user with a hashed password; the change is audited. Bad input writes nothing."""
     name = validate_username(username)
     role_value = validate_role(role)
-    validate_password(password)
+    validate_password(password, name)
     begin_write()
     if find_user(name) is not None:
         db.session.rollback()
@@ -134,6 +127,46 @@ def set_user_active(username: str, active: bool, actor: str | None) -> User:
     return user
 
 
+def change_own_password(user_id: int, current_password: str, new_password: str) -> User:
+    """A user replaces their own password, proving the current one (audited).
+
+    Every other session of the user ends (their cookies carry the old password's fingerprint).
+    """
+    begin_write()
+    user = db.session.get(User, user_id)
+    if user is None or not user.active:
+        db.session.rollback()
+        raise ValidationError("this account no longer exists or is disabled", field="username")
+    if not check_password_hash(user.password_hash, current_password or ""):
+        db.session.rollback()
+        raise ValidationError("the current password is not correct", field="current_password")
+    if check_password_hash(user.password_hash, new_password or ""):
+        db.session.rollback()
+        raise ValidationError("the new password must differ from the current one", field="password")
+    _set_password(user, new_password, actor=user.username, action="user.password")
+    return user
+
+
+def reset_password(username: str, new_password: str, actor: str | None) -> User:
+    """An admin (or the CLI) sets a user's password; the user's sessions end (audited)."""
+    begin_write()
+    user = _require_user(username)
+    _set_password(user, new_password, actor=actor, action="user.password_reset")
+    return user
+
+
+def _set_password(user: User, new_password: str, actor: str | None, action: str) -> None:
+    try:
+        validate_password(new_password, user.username)
+    except ValidationError:
+        db.session.rollback()
+        raise
+    user.password_hash = generate_password_hash(new_password)
+    user.session_generation = user.session_generation + 1
+    record_audit(actor, action, "user", user.username)
+    db.session.commit()
+
+
 def _require_user(username: str) -> User:
     user = find_user(username)
     if user is None:
@@ -158,85 +191,15 @@ def generate_password() -> str:
     return secrets.token_urlsafe(15)
 
 
-@dataclass(frozen=True)
-class LoginPolicy:
-    """How failed logins are slowed down.
-
-    After ``free_failures`` failures for one username within ``window``, the next attempt must
-    wait ``base_delay * 2 ** (extra failures)`` seconds after the last failure, capped at
-    ``max_delay``; a correct password during the wait is refused too, or the wait would mean
-    nothing. One address gets ``per_address_failures`` failures per window, across usernames.
-    """
-
-    free_failures: int = 5
-    window: timedelta = timedelta(minutes=15)
-    base_delay: float = 30.0
-    max_delay: float = 900.0
-    per_address_failures: int = 30
-
-
-class LoginThrottle:
-    """Decides whether a login attempt may be checked now, from recent failures."""
-
-    def __init__(self, policy: LoginPolicy | None = None) -> None:
-        self.policy = policy or LoginPolicy()
-        self._address_failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def wait_seconds(self, username: str, address: str | None) -> float:
-        """Seconds until this username / address may try again (0: go ahead)."""
-        return max(self._username_wait(username), self._address_wait(address))
-
-    def record_failure(self, address: str | None) -> None:
-        """Count a failed attempt from ``address`` (the username side lives in the audit log)."""
-        if not address:
-            return
-        with self._lock:
-            failures = self._address_failures.setdefault(address, deque())
-            failures.append(time.monotonic())
-            self._forget_old(failures)
-
-    def _username_wait(self, username: str) -> float:
-        policy = self.policy
-        since = utcnow() - policy.window
-        recent = db.session.execute(
-            select(func.count(), func.max(AuditEntry.at))
-            .where(AuditEntry.target_type == "user", AuditEntry.target_id == username,
-                   AuditEntry.action == "login", AuditEntry.outcome == "failed", AuditEntry.at >= since)
-        ).one()
-        failures, last_failure = int(recent[0] or 0), recent[1]
-        if failures < policy.free_failures or last_failure is None:
-            return 0.0
-        delay = min(policy.base_delay * 2 ** (failures - policy.free_failures), policy.max_delay)
-        if last_failure.tzinfo is None:  # aggregate results bypass the column type on SQLite
-            last_failure = last_failure.replace(tzinfo=utcnow().tzinfo)
-        remaining = delay - (utcnow() - last_failure).total_seconds()
-        return max(0.0, remaining)
-
-    def _address_wait(self, address: str | None) -> float:
-        if not address:
-            return 0.0
-        with self._lock:
-            failures = self._address_failures.get(address)
-            if not failures:
-                return 0.0
-            self._forget_old(failures)
-            if len(failures) < self.policy.per_address_failures:
-                return 0.0
-            return max(0.0, failures[0] + self.policy.window.total_seconds() - time.monotonic())
-
-    def _forget_old(self, failures: deque[float]) -> None:
-        horizon = time.monotonic() - self.policy.window.total_seconds()
-        while failures and failures[0] < horizon:
-            failures.popleft()
-
-
 def record_login(user_id: int) -> None:
     """Stamp the user's last login (the caller commits, with its audit entry)."""
     db.session.execute(db.update(User).where(User.id == user_id).values(last_login_at=utcnow()))
 
 
-def end_all_sessions(user_id: int) -> None:
-    """Bump the session generation: every session cookie issued to the user stops working."""
+def log_out_everywhere(user_id: int, username: str) -> None:
+    """Bump the session generation: every session cookie issued to the user stops working (audited)."""
+    begin_write()
     db.session.execute(db.update(User).where(User.id == user_id)
                        .values(session_generation=User.session_generation + 1))
+    record_audit(username, "logout", "user", username)
+    db.session.commit()

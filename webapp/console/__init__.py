@@ -1,24 +1,33 @@
 """The operator console: server-rendered pages enhanced by htmx, a thin layer over the service.
 
-``init_console(app)`` registers the blueprints (login, task pages, admin pages), the session
-cookie settings, and the security headers every response carries.
+``init_console(app)`` registers the blueprints (``CONSOLE_BLUEPRINTS``: each page module owns
+its routes on its own blueprint), the session cookie settings, the per-request user and
+permissions, and the security headers every response carries.
 """
 
 from __future__ import annotations
 
 import os
 from datetime import timedelta
+from typing import Any
 
-from flask import Flask, Response
+from flask import Blueprint, Flask, Response
 
-from ..accounts.users import LoginThrottle
-from . import notifications  # noqa: F401  (adds /notifications to the console blueprint)
-from .admin import bp as admin_bp
-from .auth import bp as auth_bp
-from .auth import load_current_user
+from ..accounts.throttle import LoginThrottle
+from . import account, admin, auth, notifications, schedules, views
 from .formatting import register as register_formatting
 from .i18n import init_i18n
-from .views import bp as views_bp
+from .sessions import current_user, load_current_user
+
+# Every console blueprint, registered in this order. A new page module adds its ``bp`` here.
+CONSOLE_BLUEPRINTS: tuple[Blueprint, ...] = (
+    auth.bp,
+    views.bp,
+    notifications.bp,
+    schedules.bp,
+    account.bp,
+    admin.bp,
+)
 
 # No inline script or style anywhere: htmx and our own script are static files, and htmx's
 # inline indicator style is switched off through its meta config.
@@ -49,13 +58,20 @@ def init_console(app: Flask) -> None:
     """Register the console's blueprints, login handling, cookie settings and security headers."""
     _configure_session(app)
     app.extensions["console_login_throttle"] = LoginThrottle()
-    app.register_blueprint(auth_bp)
-    app.register_blueprint(views_bp)
-    app.register_blueprint(admin_bp)
+    for blueprint in CONSOLE_BLUEPRINTS:
+        app.register_blueprint(blueprint)
     register_formatting(app)
     init_i18n(app)
     app.before_request(load_current_user)
+    app.before_request(auth.refuse_nul_characters)
+    app.context_processor(permissions_context)
     app.after_request(add_security_headers)
+
+
+def permissions_context() -> dict[str, Any]:
+    """Every template: ``current`` (the user, or ``None``) and ``can_operate``, worked out once a request."""
+    user = current_user()
+    return {"current": user, "can_operate": user is not None and user.can_operate}
 
 
 def _configure_session(app: Flask) -> None:
@@ -70,7 +86,8 @@ def _configure_session(app: Flask) -> None:
     elif not app.config.get("SESSION_COOKIE_SECURE"):
         app.config["SESSION_COOKIE_SECURE"] = not (app.debug or app.testing)
     if app.config.get("PERMANENT_SESSION_LIFETIME") == timedelta(days=31):  # Flask's default
-        app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(hours=12)
+        # The cookie lives as long as the session may (sessions.py checks the idle time).
+        app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(seconds=app.config["ASYNC_TASK_SESSION_LIFETIME"])
     if app.config.get("WTF_CSRF_TIME_LIMIT") == 3600:  # Flask-WTF's default
         # The htmx header carries the token rendered with the page; an operator keeping the
         # console open for hours must still be able to cancel, so the token lives as long as

@@ -4,38 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import (
-    Blueprint,
-    Response,
-    flash,
-    make_response,
-    redirect,
-    render_template,
-    request,
-    url_for,
-)
+from flask import Response, flash, make_response, redirect, render_template, request, url_for
 from flask_babel import gettext
-from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException
 
 from ..accounts import tokens as api_tokens
 from ..accounts.models import Role
-from ..accounts.users import create_user, list_users, set_user_active, set_user_role
+from ..accounts.passwords import MIN_PASSWORD_LENGTH
+from ..accounts.users import create_user, list_users, reset_password, set_user_active, set_user_role
 from ..tasks.errors import ValidationError
-from .auth import actor_name, current_user, no_store, require_login, requires
-from .views import handle_csrf_error, handle_http_error, handle_task_error
+from .auth import protected_blueprint, requires
+from .sessions import actor_name, current_user
 
-bp = Blueprint("admin", __name__, url_prefix="/admin")
-bp.before_request(require_login)
-bp.after_request(no_store)
-bp.register_error_handler(CSRFError, handle_csrf_error)
-bp.register_error_handler(HTTPException, handle_http_error)
-bp.register_error_handler(ValidationError, handle_task_error)
+bp = protected_blueprint("admin", __name__, url_prefix="/admin")
 
 
 def _users_page(status: int = 200, form: dict[str, str] | None = None, error: str | None = None) -> Response:
     return make_response(render_template("admin_users.html", users=list_users(), roles=[r.value for r in Role],
-                                         form=form or {}, error=error), status)
+                                         form=form or {}, error=error, min_length=MIN_PASSWORD_LENGTH), status)
 
 
 @bp.get("/users")
@@ -87,6 +72,21 @@ def change_active(username: str) -> Any:
         return _users_page(422, error=exc.message)
     flash(gettext("%(name)s enabled.", name=changed.username) if active
           else gettext("%(name)s disabled.", name=changed.username), "info")
+    return redirect(url_for("admin.users"), 303)
+
+
+@bp.post("/users/<username>/password")
+@requires(Role.ADMIN)
+def reset_password_view(username: str) -> Any:
+    """Set another user's password (admin); their sessions end. Your own: the account page."""
+    user = current_user()
+    if user is not None and user.username == username:
+        return _users_page(409, error=gettext("Change your own password on your account page."))
+    try:
+        changed = reset_password(username, request.form.get("password", ""), actor=actor_name())
+    except ValidationError as exc:
+        return _users_page(422, error=exc.message)
+    flash(gettext("Password of %(name)s set; their sessions have ended.", name=changed.username), "info")
     return redirect(url_for("admin.users"), 303)
 
 

@@ -1,10 +1,13 @@
-"""Console login: password form, session, roles, and the guard in front of every console page."""
+"""Console login: the password form, logout, and the guards in front of every console page.
+
+Checking an attempt (throttle, password, counters, audit) is ``accounts.login``'s job; the
+session's lifetime and the current user are ``sessions``'. A HEAD request is a GET here as
+everywhere: it shows the form, never logs in and never counts as a failed login.
+"""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
@@ -13,7 +16,6 @@ from flask import (
     Blueprint,
     Response,
     current_app,
-    g,
     make_response,
     redirect,
     render_template,
@@ -25,42 +27,18 @@ from flask_babel import gettext
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import Forbidden
 
-from ..accounts.models import ROLE_RANK, Role, User
-from ..accounts.users import (
-    LoginThrottle,
-    authenticate,
-    begin_write,
-    end_all_sessions,
-    record_login,
-)
-from ..extensions import db
-from ..tasks.service import AsyncTaskService
+from ..accounts.login import attempt_login
+from ..accounts.models import Role
+from ..accounts.throttle import LoginThrottle
+from ..accounts.users import log_out_everywhere
+from .responses import error_response, is_htmx, no_store, register_error_pages
+from .sessions import current_user, start_session
 
 bp = Blueprint("auth", __name__)
+bp.after_request(no_store)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclass(frozen=True)
-class CurrentUser:
-    """The logged-in user as plain values (no ORM object kept across the request)."""
-
-    id: int
-    username: str
-    role: str
-
-    def can(self, role: Role | str) -> bool:
-        """Whether this user's role is at least ``role``."""
-        return ROLE_RANK[Role(self.role)] >= ROLE_RANK[Role(role)]
-
-
-def no_store(response: Response) -> Response:
-    """Console pages show live state and secrets: never cache them (back button included)."""
-    response.headers.setdefault("Cache-Control", "no-store")
-    return response
-
-
-bp.after_request(no_store)
+READ_METHODS = ("GET", "HEAD")
 
 
 @bp.errorhandler(CSRFError)
@@ -70,7 +48,6 @@ def login_csrf_error(exc: CSRFError) -> Any:
                            error=gettext("The form expired. Please log in again.")), 400
 
 
-@bp.before_app_request
 def refuse_nul_characters() -> Response | None:
     """Every console request: a NUL character in a parameter or the URL is a 400, up front.
 
@@ -85,52 +62,13 @@ def refuse_nul_characters() -> Response | None:
     texts += [value for value in (request.view_args or {}).values() if isinstance(value, str)]
     if not any("\x00" in text for text in texts):
         return None
-    from .views import error_response  # views imports this module
-
     return error_response(400, "The request was refused: it contains a NUL character (\\u0000), "
                                "which no field accepts.")
 
 
-def _password_fingerprint(password_hash: str) -> str:
-    """Changes whenever the password does, so a password change ends every other session."""
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
-
-
-def load_current_user() -> None:
-    """Set ``g.user`` from the session; a disabled user or changed password logs the session out."""
-    g.user = None
-    user_id = session.get("user_id")
-    if user_id is None or request.endpoint == "static":
-        return
-    user = db.session.get(User, user_id)
-    if (user is not None and user.active and session.get("pw") == _password_fingerprint(user.password_hash)
-            and session.get("gen") == user.session_generation):
-        g.user = CurrentUser(user.id, user.username, user.role)
-    else:
-        session.clear()
-    # End the read so a later write in this request can take SQLite's write lock up front.
-    db.session.rollback()
-
-
-def current_user() -> CurrentUser | None:
-    """The logged-in user of this request, or ``None``."""
-    return cast(CurrentUser | None, g.get("user"))
-
-
-def actor_name() -> str:
-    """The name recorded in events and the audit log for this request's user."""
-    user = current_user()
-    return user.username if user is not None else "anonymous"
-
-
-def is_htmx() -> bool:
-    """Whether htmx sent this request (and it is not a history restore, which wants a full page)."""
-    return request.headers.get("HX-Request") == "true" and not request.headers.get("HX-History-Restore-Request")
-
-
 def safe_next(target: str | None) -> str:
-    """A local path to go to after login; anything pointing off-site becomes ``/``."""
-    if not target:
+    """A local path to go to after login; anything off-site, or with a control character, becomes ``/``."""
+    if not target or any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in target):
         return "/"
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//") or "\\" in target:
@@ -149,7 +87,19 @@ def require_login() -> Response | None:
         response = make_response("", 401)
         response.headers["HX-Redirect"] = url_for("auth.login", next=safe_next(here))
         return response
-    return cast(Response, redirect(url_for("auth.login", next=request.full_path.rstrip("?"))))
+    return cast(Response, redirect(url_for("auth.login", next=safe_next(request.full_path.rstrip("?")))))
+
+
+def protected_blueprint(name: str, import_name: str, **options: Any) -> Blueprint:
+    """A console blueprint: login required, console error pages, nothing cached.
+
+    Every console page module makes its blueprint here and lists it in ``CONSOLE_BLUEPRINTS``
+    (``webapp/console/__init__.py``), the one place blueprints are registered.
+    """
+    blueprint = Blueprint(name, import_name, **options)
+    blueprint.before_request(require_login)
+    register_error_pages(blueprint)
+    return blueprint
 
 
 def requires(role: Role) -> Callable[[F], F]:
@@ -168,58 +118,32 @@ def requires(role: Role) -> Callable[[F], F]:
     return decorator
 
 
-def _throttle() -> LoginThrottle:
+def login_throttle() -> LoginThrottle:
+    """The application's login throttle (its policy; the counters live in the database)."""
     return cast(LoginThrottle, current_app.extensions["console_login_throttle"])
-
-
-def _audit_login(username: str, outcome: str, detail: dict[str, Any] | None = None) -> None:
-    begin_write()
-    AsyncTaskService().audit(username[:255] or None, "login", "user", username[:255],
-                             outcome=outcome, detail={"ip": request.remote_addr, **(detail or {})})
-    db.session.commit()
 
 
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
     """Show the login form; check the password, slowing down repeated failures."""
     next_url = safe_next(request.values.get("next"))
-    if request.method == "GET":
+    if request.method in READ_METHODS:
         if current_user() is not None:
             return redirect(next_url)
         return render_template("login.html", next_url=next_url, username="", error=None)
     username = (request.form.get("username") or "").strip()
-    password = request.form.get("password") or ""
-    throttle = _throttle()
-    wait = throttle.wait_seconds(username[:255], request.remote_addr)
-    db.session.rollback()
-    if wait > 0:
-        _audit_login(username, "throttled", {"wait_seconds": round(wait)})
+    outcome = attempt_login(login_throttle(), username, request.form.get("password") or "", request.remote_addr)
+    if outcome.throttled:
+        seconds = int(outcome.wait_seconds) + 1
         response = make_response(render_template(
             "login.html", next_url=next_url, username=username,
-            error=gettext("Too many failed logins. Try again in %(seconds)s seconds.", seconds=int(wait) + 1)), 429)
-        response.headers["Retry-After"] = str(int(wait) + 1)
+            error=gettext("Too many failed logins. Try again in %(seconds)s seconds.", seconds=seconds)), 429)
+        response.headers["Retry-After"] = str(seconds)
         return response
-    user = authenticate(username, password) if username and password else None
-    if user is None:
-        db.session.rollback()
-        throttle.record_failure(request.remote_addr)
-        _audit_login(username, "failed")
+    if outcome.identity is None:
         return render_template("login.html", next_url=next_url, username=username,
                                error=gettext("Invalid username or password.")), 401
-    identity = CurrentUser(user.id, user.username, user.role)
-    fingerprint = _password_fingerprint(user.password_hash)
-    generation = user.session_generation
-    db.session.rollback()
-    session.clear()  # a fresh session (and CSRF token) for the logged-in user
-    session["user_id"] = identity.id
-    session["pw"] = fingerprint
-    session["gen"] = generation
-    session.permanent = True
-    begin_write()
-    record_login(identity.id)
-    AsyncTaskService().audit(identity.username, "login", "user", identity.username,
-                             detail={"ip": request.remote_addr})
-    db.session.commit()
+    start_session(outcome.identity)
     return redirect(next_url)
 
 
@@ -228,9 +152,6 @@ def logout() -> Any:
     """End the session (POST only, with the CSRF token, so no link can log anyone out)."""
     user = current_user()
     if user is not None:
-        begin_write()
-        end_all_sessions(user.id)  # this session, every copy of it, and the user's others
-        AsyncTaskService().audit(user.username, "logout", "user", user.username)
-        db.session.commit()
+        log_out_everywhere(user.id, user.username)  # this session, every copy of it, and the user's others
     session.clear()
     return redirect(url_for("auth.login"))

@@ -8,7 +8,7 @@ import click
 from flask.cli import AppGroup
 
 from ..accounts.models import Role
-from ..accounts.users import count_users, create_user, generate_password
+from ..accounts.users import count_users, create_user, generate_password, reset_password
 from ..tasks.errors import ValidationError
 
 users_cli = AppGroup("users", help="Manage console users.")
@@ -45,3 +45,18 @@ def ensure_demo_command() -> None:
     click.echo(f"    password: {password}")
     click.echo("  (shown only now; add more with: flask --app webapp users create NAME --role operator)")
     click.echo("")
+
+
+@users_cli.command("set-password")
+@click.argument("name")
+@click.option("--password", help="The new password (asked for, hidden and twice, when omitted).")
+def set_password_command(name: str, password: str | None) -> None:
+    """Set a user's password (the policy applies); every session of the user ends."""
+    if password is None:
+        password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    try:
+        user = reset_password(name, password or "", actor="cli")
+    except ValidationError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+    click.echo(f"password of {user.username} set; their sessions have ended")

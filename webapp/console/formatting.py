@@ -1,8 +1,9 @@
-"""Template filters: times, durations and pretty JSON. They return text; Jinja escapes it."""
+"""Template filters: times, durations, pretty JSON, masked URL credentials. They return text; Jinja escapes it."""
 
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -11,6 +12,16 @@ from flask_babel import gettext
 
 from ..tasks.models import TERMINAL_STATUSES, TaskStatus, utcnow
 from ..tasks.serialize import iso
+
+# scheme://userinfo@ — the userinfo (user, or user:password) of a URL anywhere in a text.
+URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@]+@")
+
+
+def mask_credentials(value: Any) -> Any:
+    """``http://user:pass@host/`` shown as ``http://***@host/``, wherever in the text a URL is."""
+    if not isinstance(value, str):
+        return value
+    return URL_CREDENTIALS.sub(r"\1***@", value)
 
 
 def pretty_json(value: Any) -> str:
@@ -69,5 +80,6 @@ def register(app: Flask) -> None:
     app.jinja_env.filters["duration"] = duration
     app.jinja_env.filters["ago"] = ago
     app.jinja_env.filters["iso"] = iso
+    app.jinja_env.filters["mask_credentials"] = mask_credentials
     app.jinja_env.globals["ALL_STATUSES"] = [status.value for status in TaskStatus]
     app.jinja_env.globals["TERMINAL_STATUSES"] = TERMINAL_STATUSES

@@ -255,3 +255,40 @@ def throughput_chart(data: Throughput, width: int = 1000, height: int = 200) -> 
             chart.x_labels.append((round(left + (index + 0.5) * slot, 2), gettext("-%(minutes)s min", minutes=minutes_ago),
                                    "middle"))
     return chart
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """An audit entry as the ``/audit`` page shows it."""
+
+    id: int
+    at: datetime
+    actor: str | None
+    action: str
+    target_type: str | None
+    target_id: str | None
+    outcome: str
+    detail: dict[str, Any] | None
+
+
+def audit_rows(entries: list[AuditEntry], existing_users: set[str]) -> list[AuditRow]:
+    """The entries to show; a login names its user only when that user exists.
+
+    The username box of a failed login sometimes holds a password typed in the wrong field:
+    text that names no user is never put on screen.
+    """
+    rows = []
+    for entry in entries:
+        actor, target_id = entry.actor, entry.target_id
+        if entry.action == "login" and entry.target_type == "user":
+            actor = actor if actor in existing_users else None
+            target_id = target_id if target_id in existing_users else None
+        rows.append(AuditRow(entry.id, entry.at, actor, entry.action, entry.target_type, target_id,
+                             entry.outcome, entry.detail))
+    return rows
+
+
+def login_names(entries: list[AuditEntry]) -> set[str]:
+    """The typed usernames of the login entries among ``entries`` (to check which users exist)."""
+    return {name for entry in entries if entry.action == "login" and entry.target_type == "user"
+            for name in (entry.actor, entry.target_id) if name}

@@ -2,58 +2,35 @@
 
 Names follow the JSON API (``task_type``, ``status`` repeatable and in capitals,
 ``created_by``, ``created_after``, ``created_before``, ``search``, ``limit``, ``cursor``) plus the
-console's ``priority_min``, ``priority_max`` and ``id``. A bad value is reported by field and keeps the
-text the operator typed, so nothing they entered is lost.
+console's ``priority_min``, ``priority_max`` and ``id``. Parsing is ``list_query.ArgsReader``'s,
+shared with the notifications and audit pages.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import urlencode
+from functools import partial
+from typing import Any, ClassVar
 
 from werkzeug.datastructures import MultiDict
 
 from ..tasks.errors import ValidationError
+from ..tasks.queries import TaskFilter
 from ..tasks.serialize import iso
-from ..tasks.service import (
-    INT32_MAX,
-    INT32_MIN,
-    TaskFilter,
-    parse_time,
-    validate_status,
-    validate_task_id,
-)
+from ..tasks.validation import INT32_MAX, INT32_MIN, parse_time, validate_status
+from .list_query import ArgsReader, ListQuery
 
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 200
 MAX_SEARCH = 200
 
 
-class KeysetQueryString:
-    """The canonical query string of a filtered, keyset-paged page (tasks, notifications)."""
-
-    def filter_params(self) -> list[tuple[str, str]]:
-        raise NotImplementedError
-
-    def query_string(self, cursor: int | None = None) -> str:
-        """Canonical query string of the filter, continuing at ``cursor`` when given."""
-        params = self.filter_params()
-        if cursor is not None:
-            params.append(("cursor", str(cursor)))
-        return urlencode(params)
-
-
 @dataclass
-class TaskQuery(KeysetQueryString):
+class TaskQuery(ListQuery):
     """A parsed task-list request: the filter, the page, and what the form should show."""
 
+    ENDPOINT: ClassVar[str] = "console.tasks"
+
     filters: TaskFilter = field(default_factory=TaskFilter)
-    cursor: int | None = None
-    limit: int = DEFAULT_LIMIT
-    form: dict[str, Any] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_filtered(self) -> bool:
@@ -81,10 +58,7 @@ class TaskQuery(KeysetQueryString):
             params.append(("id", str(f.task_id)))
         if f.search:
             params.append(("search", f.search))
-        if self.limit != DEFAULT_LIMIT:
-            params.append(("limit", str(self.limit)))
         return params
-
 
 
 def _form_time(value: datetime | None) -> str:
@@ -106,86 +80,24 @@ def parse_time_input(text: str, name: str) -> datetime:
         return naive.replace(tzinfo=UTC)
 
 
-def _parse_int(text: str, name: str, low: int, high: int) -> int:
-    try:
-        number = int(text.strip())
-    except ValueError:
-        raise ValidationError(f"{name} must be a whole number", field=name) from None
-    if not low <= number <= high:
-        raise ValidationError(f"{name} must be between {low} and {high}", field=name)
-    return number
-
-
 def parse_task_query(args: MultiDict[str, str]) -> TaskQuery:
     """Read the task list's parameters; every bad one is named in ``errors``."""
     query = TaskQuery()
-    errors = query.errors
-    form: dict[str, Any] = {name: (args.get(name) or "").strip() for name in (
-        "task_type", "priority_min", "priority_max", "created_by", "created_after", "created_before", "id",
-        "search")}
-    values: dict[str, Any] = {}
-
-    statuses: list[str] = []
-    for raw in args.getlist("status"):
-        for part in raw.split(","):
-            part = part.strip().upper()
-            if not part:
-                continue
-            try:
-                status = validate_status(part)
-            except ValidationError as exc:
-                errors["status"] = exc.message
-                continue
-            if status not in statuses:
-                statuses.append(status)
-    form["status"] = statuses
-    values["statuses"] = tuple(statuses)
-
-    if form["task_type"]:
-        values["task_type"] = form["task_type"]
-    if form["created_by"]:
-        values["created_by"] = form["created_by"]
+    read = ArgsReader(args, query)
+    values: dict[str, Any] = {"statuses": read.choices("status", lambda text: validate_status(text.upper()))}
+    values["task_type"] = read.text("task_type")
+    values["created_by"] = read.text("created_by")
     for name in ("priority_min", "priority_max"):
-        if form[name]:
-            try:
-                values[name] = _parse_int(form[name], name, INT32_MIN, INT32_MAX)
-            except ValidationError as exc:
-                errors[name] = exc.message
+        values[name] = read.whole_number(name, INT32_MIN, INT32_MAX)
     for name in ("created_after", "created_before"):
-        if form[name]:
-            try:
-                values[name] = parse_time_input(form[name], name)
-                form[name] = _form_time(values[name])
-            except ValidationError as exc:
-                errors[name] = exc.message
-    if form["id"]:
-        try:
-            values["task_id"] = validate_task_id(form["id"].lstrip("#"), "id")
-        except ValidationError as exc:
-            errors["id"] = exc.message
-    if form["search"]:
-        if len(form["search"]) > MAX_SEARCH:
-            errors["search"] = f"search must be at most {MAX_SEARCH} characters"
-        else:
-            values["search"] = form["search"]
-    if values.get("priority_min") is not None and values.get("priority_max") is not None \
+        values[name] = read.parsed(name, partial(parse_time_input, name=name))
+        if values[name] is not None:
+            query.form[name] = _form_time(values[name])
+    values["task_id"] = read.task_id("id")
+    values["search"] = read.text("search", MAX_SEARCH)
+    if values["priority_min"] is not None and values["priority_max"] is not None \
             and values["priority_min"] > values["priority_max"]:
-        errors["priority_max"] = "priority_max must not be below priority_min"
-
-    limit_text = (args.get("limit") or "").strip()
-    if limit_text:
-        try:
-            query.limit = _parse_int(limit_text, "limit", 1, MAX_LIMIT)
-        except ValidationError as exc:
-            errors["limit"] = exc.message
-    form["limit"] = limit_text
-    cursor_text = (args.get("cursor") or "").strip()
-    if cursor_text:
-        try:
-            query.cursor = validate_task_id(cursor_text, "cursor")
-        except ValidationError as exc:
-            errors["cursor"] = exc.message
-
-    query.filters = TaskFilter(**values)
-    query.form = form
+        query.errors["priority_max"] = "priority_max must not be below priority_min"
+    read.page()
+    query.filters = TaskFilter(**{name: value for name, value in values.items() if value is not None})
     return query

@@ -1,8 +1,9 @@
-"""Console pages: overview, task list and detail, workers, task types, audit log.
+"""Console task pages: overview, task list and detail, cancel / retry, edit and retry, bulk.
 
 Each page is one route serving both the full page and, for htmx, the fragment named by the
-``HX-Target`` header (templates in ``templates/partials/``). Every change goes through
-``AsyncTaskService`` or ``BulkOperations``; nothing here writes SQL.
+``HX-Target`` header (``responses.render``). Every change goes through ``AsyncTaskService`` or
+``BulkOperations``, which own their transactions; nothing here writes SQL or touches the
+session. Which buttons a task shows is the transition table's answer (``transitions.may``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 from typing import Any
 
 from flask import (
-    Blueprint,
     Response,
     current_app,
     flash,
@@ -22,25 +22,39 @@ from flask import (
     url_for,
 )
 from flask_babel import gettext
-from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.exceptions import NotFound
 
 from ..accounts.models import Role
-from ..extensions import db
+from ..accounts.users import existing_usernames
 from ..tasks import stats
 from ..tasks.bulk import BulkOperations, BulkPreview, Selection, parse_action
-from ..tasks.errors import InvalidTransition, TaskError, TaskNotFound, ValidationError
+from ..tasks.errors import InvalidTransition, TaskNotFound, ValidationError
 from ..tasks.lineage import lineage_of
 from ..tasks.models import AsyncTask, utcnow
+from ..tasks.queries import ALL_TYPES, TaskPage
 from ..tasks.serialize import task_to_dict
-from ..tasks.service import ALL_TYPES, AsyncTaskService, TaskPage, validate_task_id
-from .auth import actor_name, current_user, is_htmx, no_store, require_login, requires, safe_next
-from .presenters import attempts, payload_fields, search_match, throughput_chart, timeline
+from ..tasks.service import AsyncTaskService
+from ..tasks.stats import AuditPage
+from ..tasks.transitions import may
+from ..tasks.validation import validate_task_id
+from .auth import protected_blueprint, requires, safe_next
+from .formatting import mask_credentials
+from .json_input import parse_json_text
+from .list_query import parse_audit_query
+from .presenters import (
+    attempts,
+    audit_rows,
+    login_names,
+    payload_fields,
+    search_match,
+    throughput_chart,
+    timeline,
+)
+from .responses import hx_target, is_htmx, render
+from .sessions import actor_name
 from .task_query import TaskQuery, parse_task_query
 
-bp = Blueprint("console", __name__)
-bp.before_request(require_login)
-bp.after_request(no_store)
+bp = protected_blueprint("console", __name__)
 
 # Fields shown in the detail page's table, in this order (payload and result get their own blocks).
 DETAIL_FIELDS = [
@@ -49,60 +63,6 @@ DETAIL_FIELDS = [
     "started_at", "finished_at", "next_run_at", "worker_id", "progress", "progress_message",
     "idempotency_key", "notify_url", "parent_id", "cancel_requested_at",
 ]
-
-
-def hx_target() -> str | None:
-    """The id of the element htmx will swap, when htmx sent the request."""
-    return request.headers.get("HX-Target") if is_htmx() else None
-
-
-def render(full: str, fragments: dict[str, str], status: int = 200, **context: Any) -> Response:
-    """The full page, or the fragment htmx asked for by target id; always varies on those headers."""
-    template = fragments.get(hx_target() or "", full)
-    response = make_response(render_template(template, **context), status)
-    response.headers["Vary"] = "HX-Request, HX-Target"
-    return response
-
-
-# -- errors ----------------------------------------------------------------------------------
-
-
-def error_response(status: int, message: str) -> Response:
-    """An error as a page, or for htmx as a message swapped into the page's message area."""
-    if is_htmx():
-        response = make_response(render_template("partials/message.html", message=message,
-                                                 level="error"), status)
-        response.headers["HX-Retarget"] = "#messages"
-        response.headers["HX-Reswap"] = "innerHTML"
-        response.headers["HX-Push-Url"] = "false"
-        return response
-    return make_response(render_template("error.html", status=status, message=message), status)
-
-
-def handle_csrf_error(exc: CSRFError) -> Response:
-    """A state-changing request without a valid CSRF token: refused, nothing changed."""
-    return error_response(400, gettext("The request was refused: its security token is missing or expired. "
-                                       "Reload the page and try again."))
-
-
-def handle_http_error(exc: HTTPException) -> Response:
-    """403, 404, 405 ... as a console page (or an htmx message)."""
-    status = exc.code or 500
-    messages = {403: (gettext("You are not allowed to do this: %(reason)s", reason=exc.description)
-                      if exc.description else gettext("You are not allowed to do this.")),
-                404: gettext("Not found.")}
-    return error_response(status, messages.get(status, exc.description or exc.name))
-
-
-def handle_task_error(exc: TaskError) -> Response:
-    """Engine errors (bad id, refused transition) with their own message and status."""
-    status = 404 if isinstance(exc, TaskNotFound) else 409 if isinstance(exc, InvalidTransition) else 400
-    return error_response(status, exc.message)
-
-
-for blueprint_handler in ((CSRFError, handle_csrf_error), (HTTPException, handle_http_error),
-                          (TaskError, handle_task_error)):
-    bp.register_error_handler(*blueprint_handler)
 
 
 # -- overview --------------------------------------------------------------------------------
@@ -122,12 +82,6 @@ def claiming_state() -> dict[str, Any]:
     return {"all": ALL_TYPES in paused, "types": sorted(t for t in paused if t != ALL_TYPES)}
 
 
-def can_operate() -> bool:
-    """Whether the current user may change tasks (operator or admin)."""
-    user = current_user()
-    return user is not None and user.can(Role.OPERATOR)
-
-
 @bp.get("/")
 def overview() -> Response:
     """Counts per status, outcomes per minute (chart), queue age, workers, Redis; polled live."""
@@ -135,7 +89,7 @@ def overview() -> Response:
     return render("overview.html", {"overview-live": "partials/overview_live.html"},
                   data=data, chart=throughput_chart(data.throughput), redis=redis_state(),
                   consumer_redis_ok=current_app.extensions["async_task"].redis_ok,
-                  claiming=claiming_state(), can_operate=can_operate())
+                  claiming=claiming_state())
 
 
 # -- task list -------------------------------------------------------------------------------
@@ -156,20 +110,16 @@ def _task_list_context(query: TaskQuery) -> dict[str, Any]:
     page = TaskPage([], None)
     if not query.errors:
         page = AsyncTaskService().list_tasks(query.filters, query.limit, query.cursor)
-    live = any(not stats.is_terminal(task.status) for task in page.items)
-    user = current_user()
     search = query.filters.search
     return {
         "query": query,
         "page": page,
         "matches": {task.id: search_match(search, task.error, task.payload) for task in page.items}
         if search else {},
-        "live": live,
+        "live": any(not stats.is_terminal(task.status) for task in page.items),
         "selected": _selected_ids(),
-        "can_operate": user is not None and user.can(Role.OPERATOR),
         "task_types": current_app.extensions["async_task"].registry.task_types(),
-        "list_url": url_for("console.tasks") + (f"?{query.query_string(query.cursor)}"
-                                                if query.query_string(query.cursor) else ""),
+        "list_url": query.url(query.cursor),
     }
 
 
@@ -200,34 +150,39 @@ def _load_task(task_id: int) -> AsyncTask:
     return task
 
 
+def task_actions(task: AsyncTask) -> dict[str, bool]:
+    """Which of the operator's buttons this task shows, from the transition table."""
+    return {
+        "can_cancel": may("cancel", task.status),
+        # A running task can only be asked to stop, once.
+        "can_request_cancel": may("request_cancel", task.status) and task.cancel_requested_at is None,
+        "can_retry": may("retry", task.status),
+        "can_resubmit": may("resubmit", task.status),
+    }
+
+
 def _detail_context(task: AsyncTask, message: str | None = None, level: str = "info") -> dict[str, Any]:
-    service = AsyncTaskService()
-    events = service.events_for(task.id)
+    events = AsyncTaskService().events_for(task.id)
     notifications = stats.notifications_for(task.id)
     fields = task_to_dict(task)
-    user = current_user()
-    context = {
+    return {
         "task": task,
-        "fields": [(name, fields.get(name)) for name in DETAIL_FIELDS],
+        # A webhook URL may carry credentials (https://user:secret@…): never on screen.
+        "fields": [(name, mask_credentials(fields.get(name)) if name == "notify_url" else fields.get(name))
+                   for name in DETAIL_FIELDS],
         "timeline": timeline(events, stats.audit_for_task(task.id)),
         "attempts": attempts(events),
         "notifications": notifications,
         "notifications_live": (not stats.is_terminal(task.status)
                                or any(n.status == "PENDING" for n in notifications)),
         "live": not stats.is_terminal(task.status),
-        "can_operate": user is not None and user.can(Role.OPERATOR),
-        "can_cancel": task.status in ("PENDING", "RETRYING"),
-        # A running task can only be asked to stop, once.
-        "can_request_cancel": task.status == "PROCESSING" and task.cancel_requested_at is None,
-        "can_retry": task.status == "FAILURE",
-        "can_resubmit": task.status in RESUBMITTABLE,
+        **task_actions(task),
         "lineage": lineage_of(task, events),
         "message": message,
         "level": level,
         # The live part's poll also refreshes the fields table, out of band.
         "oob": hx_target() == "task-live",
     }
-    return context
 
 
 @bp.get("/tasks/<int:task_id>")
@@ -239,24 +194,8 @@ def task_detail(task_id: int) -> Response:
                   **_detail_context(task))
 
 
-def _transition(task_id: int, action: str) -> Response:
-    """Run cancel or retry for the current user; htmx gets the refreshed live part back."""
-    service = AsyncTaskService()
-    db.session.rollback()
-    message, level, status = "", "info", 200
-    try:
-        if action == "cancel":
-            task = service.cancel_task(task_id, actor=actor_name())
-            message = (gettext("Task %(id)s cancelled.", id=task_id) if task.status == "CANCELLED" else
-                       gettext("Cancel requested for running task %(id)s; it stops when its processor "
-                               "next checks.", id=task_id))
-        else:
-            service.retry_task(task_id, actor=actor_name())
-            message = gettext("Task %(id)s sent back to PENDING.", id=task_id)
-    except InvalidTransition as exc:
-        message, level, status = exc.message, "error", 409
-    except TaskNotFound:
-        raise NotFound(f"task {task_id} does not exist") from None
+def _after_transition(task_id: int, message: str, level: str, status: int) -> Response:
+    """The answer to cancel or retry: htmx gets the refreshed live part, a form a redirect."""
     if not is_htmx():
         flash(message, level)
         return make_response(redirect(url_for("console.task_detail", task_id=task_id)), 303)
@@ -272,20 +211,33 @@ def _transition(task_id: int, action: str) -> Response:
 @bp.post("/tasks/<int:task_id>/cancel")
 @requires(Role.OPERATOR)
 def cancel_task(task_id: int) -> Response:
-    """Cancel a PENDING or RETRYING task (operator)."""
-    return _transition(task_id, "cancel")
+    """Cancel a PENDING or RETRYING task, or ask a running one to stop (operator)."""
+    try:
+        task = AsyncTaskService().cancel_task(task_id, actor=actor_name())
+    except InvalidTransition as exc:
+        return _after_transition(task_id, exc.message, "error", 409)
+    except TaskNotFound:
+        raise NotFound(f"task {task_id} does not exist") from None
+    message = (gettext("Task %(id)s cancelled.", id=task_id) if task.status == "CANCELLED" else
+               gettext("Cancel requested for running task %(id)s; it stops when its processor "
+                       "next checks.", id=task_id))
+    return _after_transition(task_id, message, "info", 200)
 
 
 @bp.post("/tasks/<int:task_id>/retry")
 @requires(Role.OPERATOR)
 def retry_task(task_id: int) -> Response:
     """Send a FAILURE task back to PENDING (operator)."""
-    return _transition(task_id, "retry")
+    try:
+        AsyncTaskService().retry_task(task_id, actor=actor_name())
+    except InvalidTransition as exc:
+        return _after_transition(task_id, exc.message, "error", 409)
+    except TaskNotFound:
+        raise NotFound(f"task {task_id} does not exist") from None
+    return _after_transition(task_id, gettext("Task %(id)s sent back to PENDING.", id=task_id), "info", 200)
 
 
 # -- edit and retry ----------------------------------------------------------------------------
-
-RESUBMITTABLE = ("FAILURE", "CANCELLED")
 
 
 def _edit_retry_page(task: AsyncTask, payload_text: str, error: str | None = None,
@@ -295,7 +247,7 @@ def _edit_retry_page(task: AsyncTask, payload_text: str, error: str | None = Non
     return make_response(render_template(
         "edit_retry.html", task=task, payload_text=payload_text, error=error, error_field=error_field,
         payload_type=getattr(payload_type, "__name__", None), payload_fields=payload_fields(payload_type),
-        can_resubmit=task.status in RESUBMITTABLE), status)
+        can_resubmit=may("resubmit", task.status)), status)
 
 
 @bp.get("/tasks/<int:task_id>/edit-retry")
@@ -303,7 +255,7 @@ def _edit_retry_page(task: AsyncTask, payload_text: str, error: str | None = Non
 def edit_retry_form(task_id: int) -> Response:
     """The payload of a FAILURE or CANCELLED task in an editor, to resubmit it as a new task."""
     task = _load_task(task_id)
-    status = 200 if task.status in RESUBMITTABLE else 409
+    status = 200 if may("resubmit", task.status) else 409
     return _edit_retry_page(task, json.dumps(task.payload, indent=2, ensure_ascii=False, sort_keys=True),
                             status=status)
 
@@ -312,25 +264,19 @@ def edit_retry_form(task_id: int) -> Response:
 @requires(Role.OPERATOR)
 def edit_retry(task_id: int) -> Response:
     """Resubmit the edited payload as a new task linked to this one; errors keep the typed text."""
-    task = _load_task(task_id)
     text = request.form.get("payload", "")
     try:
-        payload = json.loads(text)
-    except ValueError as exc:
-        problem = getattr(exc, "msg", str(exc))
-        where = (gettext(" (line %(line)s, column %(column)s)", line=exc.lineno, column=exc.colno)
-                 if isinstance(exc, json.JSONDecodeError) else "")
-        return _edit_retry_page(task, text, gettext("The payload is not valid JSON: %(problem)s%(where)s.",
-                                                    problem=problem, where=where),
-                                "payload", 400)
-    db.session.rollback()
+        payload = parse_json_text(text)
+    except ValidationError as exc:
+        return _edit_retry_page(_load_task(task_id), text, exc.message, exc.field, 400)
     try:
         new_task = AsyncTaskService().resubmit_task(task_id, payload, actor=actor_name())
+    except TaskNotFound:
+        raise NotFound(f"task {task_id} does not exist") from None
     except InvalidTransition as exc:
         return _edit_retry_page(_load_task(task_id), text, exc.message, None, 409)
     except ValidationError as exc:
-        db.session.rollback()
-        return _edit_retry_page(task, text, exc.message, exc.field or "payload", 422)
+        return _edit_retry_page(_load_task(task_id), text, exc.message, exc.field or "payload", 422)
     flash(gettext("Task %(new)s created from task %(old)s with the edited payload.", new=new_task.id, old=task_id),
           "info")
     return make_response(redirect(url_for("console.task_detail", task_id=new_task.id)), 303)
@@ -369,7 +315,6 @@ def bulk_apply() -> Response:
     """Apply a bulk cancel or retry; tasks whose status does not allow it are left alone."""
     action = parse_action(request.form.get("action"))
     selection, query = _bulk_selection(request.form)
-    db.session.rollback()
     result = BulkOperations().apply(selection, action, actor_name())
     message = (gettext("%(count)s task(s) cancelled", count=result.changed) if action.value == "cancel"
                else gettext("%(count)s task(s) sent back to PENDING", count=result.changed))
@@ -378,8 +323,7 @@ def bulk_apply() -> Response:
     message += gettext(".")
     if not is_htmx():
         flash(message, "info")
-        target = url_for("console.tasks") + (f"?{query.query_string()}" if query.query_string() else "")
-        return make_response(redirect(target), 303)
+        return make_response(redirect(query.url()), 303)
     response = make_response(render_template("partials/message.html", message=message, level="info"))
     response.headers["HX-Trigger"] = "tasks-changed"
     return response
@@ -405,7 +349,6 @@ def task_types() -> Response:
     counts = stats.type_status_counts_at_scale()
     claiming = claiming_state()
     paused = set(claiming["types"])
-    user = current_user()
     processors = []
     for processor in registry:
         task_type = processor.get_task_type()
@@ -418,8 +361,7 @@ def task_types() -> Response:
             # Its own switch; the '*' switch (everything paused) is shown above the table.
             "paused": task_type in paused,
         })
-    return render("task_types.html", {}, processors=processors, unregistered=counts, claiming=claiming,
-                  can_operate=user is not None and user.can(Role.OPERATOR))
+    return render("task_types.html", {}, processors=processors, unregistered=counts, claiming=claiming)
 
 
 @bp.post("/task-types/<task_type>/<any(pause, resume):action>")
@@ -427,7 +369,6 @@ def task_types() -> Response:
 def pause_or_resume_task_type(task_type: str, action: str) -> Response:
     """Stop or restart claiming one task type, or every type with ``*`` (submissions keep queueing)."""
     service = AsyncTaskService()
-    db.session.rollback()
     everything = task_type == ALL_TYPES
     if action == "pause":
         service.pause_task_type(task_type, actor=actor_name())
@@ -445,9 +386,9 @@ def pause_or_resume_task_type(task_type: str, action: str) -> Response:
 @bp.get("/audit")
 def audit() -> Response:
     """The audit log, newest first, keyset-paginated; filter by actor or action prefix."""
-    actor = (request.args.get("actor") or "").strip() or None
-    action = (request.args.get("action") or "").strip() or None
-    cursor_text = (request.args.get("cursor") or "").strip()
-    cursor = validate_task_id(cursor_text, "cursor") if cursor_text else None
-    page = stats.audit_page(100, cursor, actor, action)
-    return render("audit.html", {}, page=page, actor=actor or "", action=action or "")
+    query = parse_audit_query(request.args)
+    page = AuditPage([], None) if query.errors else stats.audit_page(query.limit, query.cursor, query.actor,
+                                                                      query.action)
+    entries = audit_rows(page.items, existing_usernames(login_names(page.items)))
+    return render("audit.html", {}, 400 if query.errors else 200, page=page, query=query, entries=entries,
+                  actor=query.actor or "", action=query.action or "")
