@@ -23,23 +23,22 @@ from sqlalchemy import func, select, update
 from tests.conftest import ROOT, wait_until
 from tests.smtp_server import SilentServer, SMTPServer, WebhookReceiver, free_port
 from webapp.extensions import db
-from webapp.tasks import AsyncTaskService, InvalidTransition, TaskNotFound, ValidationError
-from webapp.tasks.consumer import Consumer
-from webapp.tasks.delivery import (
-    NotificationDispatcher,
-    NotificationOutbox,
-    refused_address_reason,
-    sign_webhook,
-    verify_webhook_signature,
-)
-from webapp.tasks.models import AsyncTask, AuditEntry, Notification, Worker
-from webapp.tasks.notifications_service import (
+from webapp.notifications.dispatcher import NotificationDispatcher
+from webapp.notifications.outbox import DeliveryError, NotificationOutbox, resend_notification
+from webapp.notifications.queries import (
     NotificationFilter,
     count_notifications_by_status,
     list_notifications,
     notifications_for_task,
-    resend_notification,
 )
+from webapp.notifications.webhook import (
+    refused_address_reason,
+    sign_webhook,
+    verify_webhook_signature,
+)
+from webapp.tasks import AsyncTaskService, InvalidTransition, TaskNotFound, ValidationError
+from webapp.tasks.consumer import Consumer
+from webapp.tasks.models import AsyncTask, AuditEntry, Notification, Worker
 from webapp.tasks.serialize import task_to_dict
 
 PROCESSORS = ["tests.processors", "tests.notify_processors"]
@@ -405,8 +404,6 @@ def test_a_lost_lease_cannot_record_an_outcome(make_app, backend):
 
 
 def test_retries_back_off_exponentially_from_the_base(make_app, backend):
-    from webapp.tasks.delivery import DeliveryError
-
     app = make_app(backend, **notify_config())
     make_pending_notification(app)
     with app.app_context():

@@ -1,4 +1,4 @@
-"""The notification outbox (webapp.tasks.notify): which rows a task's final status writes.
+"""The notification outbox (webapp.notifications.composing): which rows a task's final status writes.
 
 Runs on real SQLite and PostgreSQL; tasks are claimed and finished through AsyncTaskService,
 exactly as a consumer does, without threads.
@@ -17,10 +17,10 @@ from sqlalchemy import func, select, update
 from webapp import create_app
 from webapp.config import ConfigError, load_settings
 from webapp.extensions import db
+from webapp.notifications.addresses import is_email_address, validate_webhook_url
+from webapp.notifications.queries import notifications_for_task
 from webapp.tasks import AsyncTaskService, TaskResult, ValidationError
 from webapp.tasks.models import AsyncTask, Notification, Worker
-from webapp.tasks.notifications_service import notifications_for_task
-from webapp.tasks.notify import is_email_address, validate_webhook_url
 from webapp.tasks.serialize import task_to_dict
 
 PROCESSORS = ["tests.processors", "tests.notify_processors"]

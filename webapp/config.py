@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .schedules.setting import parse_schedules_setting
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 class ConfigError(ValueError):
@@ -128,10 +132,6 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "ASYNC_TASK_SCHEDULER_INTERVAL": (_positive_float, 1.0),
     "ASYNC_TASK_SCHEDULE_MISFIRE_GRACE": (_positive_float, 30.0),
     "ASYNC_TASK_SCHEDULE_CATCH_UP_LIMIT": (_positive_int, 100),
-    # Console sessions (seconds): end after this long without activity (polling is not activity),
-    # and this long after login whatever happens.
-    "ASYNC_TASK_SESSION_IDLE_TIMEOUT": (_positive_float, 1800.0),
-    "ASYNC_TASK_SESSION_LIFETIME": (_positive_float, 43200.0),
 }
 
 # Flask-Mail's settings, parsed (the environment gives strings; "false" must not mean True).
@@ -246,3 +246,82 @@ def load_settings(
         if name not in settings and name != "ASYNC_TASK_CONFIG_FILE":
             settings[name] = value
     return settings
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The engine's settings, typed: built once per app from its parsed configuration.
+
+    The consumer, the notification dispatcher and the senders take their values from here,
+    so no default is written anywhere but in ``SETTINGS`` above.
+    """
+
+    concurrency: int
+    batch_size: int
+    prefetch: int
+    poll_interval: float
+    heartbeat_interval: float
+    max_processing_time: float
+    shutdown_grace: float
+    retention_days: int
+    direct_connections: bool
+    listen_database_url: str | None
+    notify_concurrency: int
+    notify_retry_base: float
+    notify_max_attempts: int
+    notify_timeout: float
+    mail_timeout: float | None
+    webhook_secret: str | None
+    webhook_allow_private: bool
+    mail_language: str
+    base_url: str
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> EngineSettings:
+        """Read the values ``load_settings`` parsed (``config`` is ``app.config``)."""
+        return cls(
+            concurrency=config["ASYNC_TASK_CONCURRENCY"],
+            batch_size=config["ASYNC_TASK_BATCH_SIZE"],
+            prefetch=config["ASYNC_TASK_PREFETCH"],
+            poll_interval=config["ASYNC_TASK_POLL_INTERVAL"],
+            heartbeat_interval=config["ASYNC_TASK_HEARTBEAT_INTERVAL"],
+            max_processing_time=config["ASYNC_TASK_MAX_PROCESSING_TIME"],
+            shutdown_grace=config["ASYNC_TASK_SHUTDOWN_GRACE"],
+            retention_days=config["ASYNC_TASK_RETENTION_DAYS"],
+            direct_connections=config["ASYNC_TASK_DIRECT_CONNECTIONS"],
+            listen_database_url=config["ASYNC_TASK_LISTEN_DATABASE_URL"],
+            notify_concurrency=config["ASYNC_TASK_NOTIFY_CONCURRENCY"],
+            notify_retry_base=config["ASYNC_TASK_NOTIFY_RETRY_BASE"],
+            notify_max_attempts=config["ASYNC_TASK_NOTIFY_MAX_ATTEMPTS"],
+            notify_timeout=config["ASYNC_TASK_NOTIFY_TIMEOUT"],
+            mail_timeout=config.get("MAIL_TIMEOUT"),
+            webhook_secret=config["ASYNC_TASK_WEBHOOK_SECRET"],
+            webhook_allow_private=config["ASYNC_TASK_WEBHOOK_ALLOW_PRIVATE"],
+            mail_language=config["ASYNC_TASK_MAIL_LANGUAGE"],
+            base_url=config["ASYNC_TASK_BASE_URL"],
+        )
+
+    @property
+    def smtp_timeout(self) -> float:
+        """Seconds per SMTP socket operation: ``MAIL_TIMEOUT`` if set, else the notify timeout."""
+        return self.mail_timeout or self.notify_timeout
+
+    @property
+    def notification_lease(self) -> float:
+        """How long a claimed notification stays its sender's.
+
+        An SMTP exchange is about ten socket operations, each allowed the timeout; the lease
+        outlasts the slowest send that still succeeds, so a live sender is never overtaken.
+        """
+        return 12 * max(self.notify_timeout, self.mail_timeout or 0.0) + 30
+
+
+ENGINE_SETTINGS_KEY = "taskdeck_engine_settings"
+
+
+def engine_settings(app: Flask) -> EngineSettings:
+    """The app's ``EngineSettings``, built from ``app.config`` on first use and kept."""
+    settings = app.extensions.get(ENGINE_SETTINGS_KEY)
+    if settings is None:
+        settings = app.extensions.setdefault(ENGINE_SETTINGS_KEY, EngineSettings.from_config(app.config))
+    return settings  # type: ignore[no-any-return]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from webapp.tasks.notify import is_email_address
+from webapp.notifications.addresses import is_email_address
 
 
 @pytest.mark.parametrize("value", [

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from webapp.tasks.delivery import DeliveryError, refused_address_reason, resolve_webhook_target
+from webapp.notifications.outbox import DeliveryError
+from webapp.notifications.webhook import refused_address_reason, resolve_webhook_target
 
 
 @pytest.mark.parametrize("address", [

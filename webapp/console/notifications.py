@@ -3,7 +3,7 @@ live while anything is PENDING, and a resend of FAILED notifications for operato
 
 Routes join the console blueprint (login guard, error pages, ``no-store``), so importing this
 module before the blueprint is registered is all it takes. Reads go through
-``notifications_service`` and ``stats``; the resend through ``resend_notification``, which
+``webapp.notifications.queries`` and ``stats``; the resend through ``resend_notification``, which
 audits it. Nothing here writes SQL.
 """
 
@@ -18,17 +18,17 @@ from werkzeug.datastructures import MultiDict
 
 from ..accounts.models import Role
 from ..extensions import db
-from ..tasks import stats
-from ..tasks.errors import InvalidTransition, ValidationError
-from ..tasks.models import NotificationStatus
-from ..tasks.notifications_service import (
+from ..notifications.outbox import resend_notification
+from ..notifications.queries import (
     NotificationFilter,
     NotificationPage,
     list_notifications,
-    resend_notification,
     validate_notification_status,
     validate_notification_type,
 )
+from ..tasks import stats
+from ..tasks.errors import InvalidTransition, ValidationError
+from ..tasks.models import NotificationStatus
 from ..tasks.processor import NotificationType
 from ..tasks.service import validate_task_id
 from .auth import actor_name, current_user, is_htmx, requires, safe_next

@@ -1,15 +1,19 @@
 """The batch consumer: claims due tasks and runs them on a pool of worker threads.
 
-Shape of one consumer process:
+Shape of one consumer process, on the claim pool of ``pool.py``:
 
-* a **dispatcher thread** claims up to ``min(batch_size, free threads)`` due tasks in one
-  statement whenever it is woken, and hands them to the pool. It is woken by the APScheduler
-  ``poll`` job every ``poll_interval``, by a submit in this process, by a PostgreSQL
-  ``NOTIFY`` from a submit in another process, and by a thread finishing while the last claim
-  came back full (drain: no waiting for the next interval while work is queued);
+* a **dispatcher thread** claims up to ``min(batch_size, free threads + prefetch)`` due tasks
+  in one statement whenever it is woken, and hands them to the pool. It is woken by the
+  APScheduler ``poll`` job every ``poll_interval``, by a submit in this process, by a
+  PostgreSQL ``NOTIFY`` or an SQLite commit from another process (``wakeup.py``), and by a
+  thread finishing while the last claim came back full (drain: no waiting for the next
+  interval while work is queued);
 * ``concurrency`` **worker threads**, each running one task at a time in its own app context;
+  outcomes of processors that wrote nothing themselves go to one **finisher thread**, which
+  writes them in batches;
 * APScheduler jobs for the **heartbeat** (worker row and Redis lock expiry) and the
-  **recovery sweep**, both every ``heartbeat_interval``.
+  **recovery sweep**, both every ``heartbeat_interval``;
+* a notification dispatcher (``webapp.notifications.dispatcher``) on threads of its own.
 """
 
 from __future__ import annotations
@@ -25,31 +29,54 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
 from flask import Flask
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
+from ..config import EngineSettings, engine_settings
 from ..extensions import db
 from ..logging_setup import task_log_context
+from ..notifications.dispatcher import NotificationDispatcher
 from .direct import DirectConnection
 from .errors import TaskCancelled
 from .locks import RedisUnavailable, TaskLocks
+from .pool import ClaimPool
 from .processor import TaskInfo, TaskResult
 from .progress import TaskContext
 from .progress import enter as enter_context
 from .registry import payload_from_json
 from .service import WAKE_CHANNEL, AsyncTaskService, FinishedAttempt, FinishOutcome
+from .wakeup import PostgresListener, SQLiteWatcher
 
 log = logging.getLogger(__name__)
 
+FINISH_BATCH_LIMIT = 500
+NOTIFIER_STOP_GRACE = 5.0
 
-class Consumer:
+
+def is_lost_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database connection died (``pg_terminate_backend``, a restart)."""
+    if isinstance(exc, psycopg.OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and (exc.connection_invalidated
+                                            or isinstance(exc.orig, psycopg.OperationalError))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+class Consumer(ClaimPool[TaskInfo]):
     """One consumer (worker) process's engine; ``start()`` it, ``stop()`` it on shutdown."""
 
     def __init__(
         self,
         app: Flask,
         *,
+        settings: EngineSettings | None = None,
         concurrency: int | None = None,
         batch_size: int | None = None,
         poll_interval: float | None = None,
@@ -59,36 +86,31 @@ class Consumer:
         listen: bool = True,
         prefetch: int | None = None,
     ) -> None:
-        config = app.config
+        self.settings = settings = settings or engine_settings(app)
+        super().__init__(name="task consumer", concurrency=concurrency or settings.concurrency,
+                         batch_size=batch_size or settings.batch_size,
+                         poll_interval=poll_interval or settings.poll_interval,
+                         prefetch=settings.prefetch if prefetch is None else prefetch)
         self.app = app
-        self.concurrency = concurrency or config["ASYNC_TASK_CONCURRENCY"]
-        self.batch_size = batch_size or config["ASYNC_TASK_BATCH_SIZE"]
-        # Tasks claimed ahead of free threads, so short tasks never wait for a claim round trip.
-        self.prefetch = config["ASYNC_TASK_PREFETCH"] if prefetch is None else prefetch
-        self.poll_interval = poll_interval or config["ASYNC_TASK_POLL_INTERVAL"]
-        self.heartbeat_interval = heartbeat_interval or config["ASYNC_TASK_HEARTBEAT_INTERVAL"]
-        self.max_processing_time = max_processing_time or config["ASYNC_TASK_MAX_PROCESSING_TIME"]
+        self.heartbeat_interval = heartbeat_interval or settings.heartbeat_interval
+        self.max_processing_time = max_processing_time or settings.max_processing_time
         self.task_types = task_types
         self.listen = listen
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.engine = app.extensions["async_task"]
         self.locks: TaskLocks | None = self.engine.locks
 
-        self._queue: queue.Queue[TaskInfo | None] = queue.Queue()
         # Outcomes of attempts whose processor wrote nothing itself, written in batches.
         self._finished: queue.Queue[FinishedAttempt | None] = queue.Queue()
         self._unwritten = 0  # handed to the finisher, not yet committed
         self._finisher_closed = False
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
+        self._finisher: threading.Thread | None = None
         self._running: dict[int, TaskInfo] = {}
         # Every attempt this consumer holds, from its claim until its outcome is written.
         self._owned: set[tuple[int, str]] = set()
-        self._inflight = 0
-        self._last_claim_full = False
-        self._threads: list[threading.Thread] = []
         self._scheduler: BackgroundScheduler | None = None
+        self._claim_failures = 0  # in a row; the first one after a lost connection retries at once
+        self.notifier: NotificationDispatcher | None = None
         self.processed = 0
         self.failed = 0
         self.redis_ok = True
@@ -99,10 +121,11 @@ class Consumer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> Consumer:
+        """Register the worker, start the threads, the wake-up source and the scheduled jobs."""
         with self.app.app_context():
             AsyncTaskService().register_worker(self.worker_id, socket.gethostname(), os.getpid(),
                                                self.concurrency, self.heartbeat_interval)
-            if db.engine.dialect.name == "postgresql" and self.app.config["ASYNC_TASK_DIRECT_CONNECTIONS"]:
+            if db.engine.dialect.name == "postgresql" and self.settings.direct_connections:
                 # The dispatcher's claims and the finisher's success batches each get a connection
                 # of their own in autocommit: one round trip a statement (see direct.py).
                 # Claims need not wait for their WAL flush: a claim a database crash forgets puts the
@@ -110,27 +133,14 @@ class Consumer:
                 # the task runs again (at least once, as after any crash). Outcomes stay durable.
                 self._claim_direct = DirectConnection(db.engine.url, durable=False)
                 self._finish_direct = DirectConnection(db.engine.url)
-        for index in range(self.concurrency):
-            thread = threading.Thread(target=self._work_loop, name=f"task-worker-{index}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
         finisher = threading.Thread(target=self._finish_loop, name="task-finisher", daemon=True)
         finisher.start()
         self._finisher = finisher
-        dispatcher = threading.Thread(target=self._dispatch_loop, name="task-dispatcher", daemon=True)
-        dispatcher.start()
-        self._threads.append(dispatcher)
+        self.start_threads("task-worker", "task-dispatcher")
         # Notifications go out on the notifier's own threads, never on the task workers.
-        from .delivery import NotificationDispatcher
-
-        self.notifier = NotificationDispatcher(self.app).start()
-        dialect = self._dialect()
-        if self.listen and dialect == "postgresql":
-            listener = threading.Thread(target=self._listen_loop, name="task-wake-listener", daemon=True)
-            listener.start()
-        elif self.listen and dialect == "sqlite":
-            watcher = threading.Thread(target=self._watch_sqlite_loop, name="task-wake-watcher", daemon=True)
-            watcher.start()
+        self.notifier = NotificationDispatcher(self.app, settings=self.settings).start()
+        if self.listen:
+            self._start_wakeup_source()
         scheduler = BackgroundScheduler(timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1,
                                                                     "misfire_grace_time": None})
         now = datetime.now(UTC)
@@ -141,7 +151,7 @@ class Consumer:
                           next_run_time=now)
         scheduler.add_job(self._recover, "interval", seconds=self.heartbeat_interval, id="recovery",
                           next_run_time=now)
-        if self.app.config["ASYNC_TASK_RETENTION_DAYS"]:
+        if self.settings.retention_days:
             scheduler.add_job(self._purge_expired, "interval", hours=1, id="retention",
                               next_run_time=now)
         schedules = self.app.extensions.get("schedules")
@@ -158,41 +168,29 @@ class Consumer:
 
     def stop(self, grace: float | None = None) -> list[int]:
         """Claim nothing new, let running tasks finish within ``grace``, release the rest."""
-        if not self.started or self._stopping.is_set():
+        if not self.started or self.stopping:
             return []
-        grace = self.app.config["ASYNC_TASK_SHUTDOWN_GRACE"] if grace is None else grace
-        self._stopping.set()
-        self._wake.set()
+        grace = self.settings.shutdown_grace if grace is None else grace
         # A claim already in flight must land in the queue before the leftovers are counted,
         # or its tasks stay PROCESSING under a stopped worker until a sweep recovers them.
-        for thread in self._threads:
-            if thread.name == "task-dispatcher" and thread is not threading.current_thread():
-                thread.join(timeout=10)
+        self.stop_claiming()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
-        notifier = getattr(self, "notifier", None)
-        if notifier is not None:
-            notifier.stop(grace=min(grace, 5.0))
+        if self.notifier is not None:
+            self.notifier.stop(grace=min(grace, NOTIFIER_STOP_GRACE))
         if self in self.engine.local_consumers:
             self.engine.local_consumers.remove(self)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            with self._lock:
-                if self._inflight == 0 and self._unwritten == 0:
-                    break
-            time.sleep(0.05)
-        for _ in self._threads:
-            self._queue.put(None)
+        unstarted = self.take_unstarted()  # claimed (prefetched) but never started: given back
+        self.wait_until_idle(deadline)
+        self.end_workers(time.monotonic())
         with self._lock:
             self._finisher_closed = True  # late finishers (past the grace) write their own outcome
             self._finished.put(None)
-        self._finisher.join(timeout=5)
+        if self._finisher is not None:
+            self._finisher.join(timeout=5)
         with self._lock:
-            leftovers = list(self._running.values())
-        while not self._queue.empty():  # claimed but never started
-            item = self._queue.get_nowait()
-            if item is not None:
-                leftovers.append(item)
+            leftovers = [*self._running.values(), *unstarted]
         released: list[int] = []
         with self.app.app_context():
             service = AsyncTaskService()
@@ -210,98 +208,99 @@ class Consumer:
         log.info("consumer %s stopped", self.worker_id)
         return released
 
-    def wake(self) -> None:
-        """Ask the dispatcher to claim now (cheap; safe from any thread)."""
-        self._wake.set()
+    def _is_idle(self) -> bool:
+        return self._inflight == 0 and self._unwritten == 0
 
-    @property
-    def busy(self) -> int:
-        with self._lock:
-            return self._inflight
+    # -- the pool's side: claiming -----------------------------------------------------------
 
-    # -- dispatching -------------------------------------------------------------------------
-
-    def _dispatch_loop(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.wait(timeout=self.poll_interval)
-            self._wake.clear()
-            if self._stopping.is_set():
-                break
+    def claim(self, wanted: int) -> list[TaskInfo]:
+        """Claim due tasks for this worker and take their Redis locks; the ones it may run."""
+        with self.app.app_context():
             try:
-                self._claim_while_free()
-            except Exception:
-                log.exception("claim failed; retrying at the next poll")
-                time.sleep(min(1.0, self.poll_interval))
+                claimed = AsyncTaskService().claim_due_tasks(self.worker_id, wanted, self.task_types,
+                                                             direct=self._claim_direct)
+            finally:
+                db.session.remove()
+        self._claim_failures = 0
+        with self._lock:  # owned from the moment the claim returns (see _release_forgotten_attempts)
+            self._owned.update((task.id, task.claim_token) for task in claimed)
+        kept = self._lock_in_redis(claimed)
+        with self._lock:
+            self._owned.difference_update((t.id, t.claim_token) for t in claimed if t not in kept)
+            for task in kept:
+                self._running[task.id] = task
+        # Given back for a held lock: they count as claimed for the drain, so claim again.
+        return kept
 
-    def _claim_while_free(self) -> None:
-        while not self._stopping.is_set():
-            with self._lock:
-                free = self.concurrency + self.prefetch - self._inflight
-            if free <= 0:
-                self._last_claim_full = True
-                return
-            wanted = min(self.batch_size, free)
-            with self.app.app_context():
-                try:
-                    claimed = AsyncTaskService().claim_due_tasks(self.worker_id, wanted, self.task_types,
-                                                                 direct=self._claim_direct)
-                finally:
-                    db.session.remove()
-            with self._lock:  # owned from the moment the claim returns (see _release_forgotten_attempts)
-                self._owned.update((task.id, task.claim_token) for task in claimed)
-            kept = self._lock_in_redis(claimed)
-            with self._lock:
-                self._owned.difference_update((t.id, t.claim_token) for t in claimed if t not in kept)
-            claimed = kept
-            with self._lock:
-                self._inflight += len(claimed)
-                for task in claimed:
-                    self._running[task.id] = task
-                self._last_claim_full = len(claimed) >= wanted
-            for task in claimed:
-                self._queue.put(task)
-            if len(claimed) < wanted:
-                return
+    def claim_failed(self, exc: Exception) -> float:
+        """A lost connection is reopened by the next claim, at once and with one log line."""
+        self._claim_failures += 1
+        if is_lost_connection(exc):
+            if self._claim_failures == 1:
+                log.warning("claim: the database connection was lost (%s); reconnecting", _first_line(exc))
+                return 0.0
+            log.warning("claim: the database is still unreachable (%s); retrying in %gs", _first_line(exc),
+                        min(1.0, self.poll_interval))
+            return min(1.0, self.poll_interval)
+        log.exception("claim failed; retrying at the next poll")
+        return self.poll_interval
 
     def _lock_in_redis(self, claimed: list[TaskInfo]) -> list[TaskInfo]:
         if self.locks is None or not claimed:
             return claimed
         try:
             held = self.locks.acquire_many((t.id, t.claim_token) for t in claimed)
+            refused = [t for t in claimed if t.id not in held]
+            if refused:
+                held |= self._take_over_or_give_back(self.locks, refused)
         except RedisUnavailable as exc:
             self._redis_down(exc)
             return claimed
         self._redis_up()
-        refused = [t for t in claimed if t.id not in held]
-        if refused:
-            # Someone still holds the Redis lock (a stale attempt not yet recovered): give back.
-            log.warning("Redis lock held elsewhere for task(s) %s; releasing the claim",
-                        [t.id for t in refused])
-            with self.app.app_context():
-                AsyncTaskService().release_tasks(refused, self.worker_id,
-                                                 reason="Redis lock held by another worker")
-                db.session.remove()
         return [t for t in claimed if t.id in held]
 
-    # -- running tasks -----------------------------------------------------------------------
+    def _take_over_or_give_back(self, locks: TaskLocks, refused: list[TaskInfo]) -> set[int]:
+        """Locks still held when their task was claimed: the ids whose lock we took over.
 
-    def _work_loop(self) -> None:
-        while True:
-            task = self._queue.get()
-            if task is None:
-                return
+        A lock left by a finished attempt of the same task (its worker stopped between the
+        outcome's commit and the release) is taken over. Any other holder keeps it: the task is
+        given back, due again when the lock expires, and the claim is not counted as an
+        attempt; giving it back due at once would only start a claim-and-give-back storm.
+        """
+        holders = locks.holders(t.id for t in refused)
+        # A lock that expired between the refusal and the look is taken the ordinary way.
+        taken = locks.acquire_many((t.id, t.claim_token) for t in refused if holders[t.id][0] is None)
+        with self.app.app_context():
             try:
-                with task_log_context(task):  # every log line of the attempt names the task
-                    self._run(task)
-            except Exception:
-                log.exception("task %s: unexpected error in the worker thread", task.id)
+                service = AsyncTaskService()
+                finished = service.lock_holders_done((t.id, t.attempt - 1, str(holders[t.id][0]))
+                                                     for t in refused if holders[t.id][0] is not None)
+                taken_over = {t.id for t in refused if t.id in finished
+                              and locks.take_over(t.id, str(holders[t.id][0]), t.claim_token)}
+                if taken_over:
+                    log.warning("took over the Redis lock of task(s) %s from their finished previous attempt",
+                                sorted(taken_over))
+                taken |= taken_over
+                for task in refused:
+                    if task.id not in taken:
+                        holder, seconds_left = holders[task.id]
+                        wait = max(0.1, seconds_left)
+                        log.warning("task %s: Redis lock held by %s for %.1fs more; giving it back until then",
+                                    task.id, holder, wait)
+                        service.release_tasks([task], self.worker_id, reason="Redis lock held by another worker",
+                                              due_in=wait, count_attempt=False)
             finally:
-                with self._lock:
-                    self._inflight -= 1
-                    self._running.pop(task.id, None)
-                    drain = self._last_claim_full
-                if drain:
-                    self.wake()
+                db.session.remove()
+        return taken
+
+    # -- the pool's side: running tasks -------------------------------------------------------
+
+    def run_item(self, item: TaskInfo) -> None:
+        with task_log_context(item):  # every log line of the attempt names the task
+            self._run(item)
+
+    def item_done(self, item: TaskInfo) -> None:
+        self._running.pop(item.id, None)
 
     def _run(self, task: TaskInfo) -> None:
         with self.app.app_context():
@@ -353,7 +352,7 @@ class Consumer:
             if first is None:
                 return
             batch = [first]
-            while len(batch) < 500:
+            while len(batch) < FINISH_BATCH_LIMIT:
                 try:
                     item = self._finished.get_nowait()
                 except queue.Empty:
@@ -368,6 +367,7 @@ class Consumer:
             finally:
                 with self._lock:
                     self._unwritten -= len(batch)
+                    self._idle.notify_all()
 
     def _write_batch(self, batch: list[FinishedAttempt]) -> list[FinishOutcome]:
         with self.app.app_context():
@@ -510,7 +510,7 @@ class Consumer:
 
     def _purge_expired(self) -> None:
         """Retention: drop finished tasks older than ASYNC_TASK_RETENTION_DAYS (hourly)."""
-        days = self.app.config["ASYNC_TASK_RETENTION_DAYS"]
+        days = self.settings.retention_days
         with self.app.app_context():
             try:
                 cutoff = datetime.now(UTC) - timedelta(days=days)
@@ -557,60 +557,15 @@ class Consumer:
 
     # -- cross-process wake-up ---------------------------------------------------------------
 
-    def _dialect(self) -> str:
+    def _start_wakeup_source(self) -> None:
+        """PostgreSQL: LISTEN for submits of other processes; SQLite: watch for their commits."""
         with self.app.app_context():
-            return str(db.engine.dialect.name)
-
-    def _watch_sqlite_loop(self) -> None:
-        """SQLite has no NOTIFY: wake when another connection commits (``PRAGMA data_version``).
-
-        Reading the counter is a local call of a few microseconds, so checking it every 20 ms
-        gives other processes' submits a pickup latency close to PostgreSQL's NOTIFY, while an
-        idle database costs nothing else: the claim itself first checks, read-only, that
-        something is due before it takes the write lock.
-        """
-        import sqlite3
-
-        with self.app.app_context():
-            path = db.engine.url.database
-        if not path or path == ":memory:":
-            return
-        try:
-            connection = sqlite3.connect(path, timeout=1, check_same_thread=False)
-        except sqlite3.Error as exc:
-            log.warning("cannot watch %s for new work (%s); polling only", path, exc)
-            return
-        last = None
-        with connection:
-            while not self._stopping.wait(0.02):
-                try:
-                    version = connection.execute("PRAGMA data_version").fetchone()[0]
-                except sqlite3.Error:
-                    continue
-                if last is not None and version != last:
-                    self.wake()
-                last = version
-        connection.close()
-
-    def _listen_loop(self) -> None:
-        """LISTEN for submits committed by other processes; each NOTIFY wakes the dispatcher."""
-        import psycopg
-
-        # LISTEN needs a session of its own: behind PgBouncer in transaction mode, point
-        # ASYNC_TASK_LISTEN_DATABASE_URL straight at PostgreSQL (docs/deploy.md).
-        direct = self.app.config.get("ASYNC_TASK_LISTEN_DATABASE_URL")
-        with self.app.app_context():
-            engine_url = make_url(direct) if direct else db.engine.url
-            engine_url = engine_url.difference_update_query(["prepare_threshold"])  # not a libpq key
-            url = engine_url.set(drivername="postgresql").render_as_string(hide_password=False)
-        while not self._stopping.is_set():
-            try:
-                with psycopg.connect(url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {WAKE_CHANNEL}")
-                    while not self._stopping.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            self.wake()
-            except Exception as exc:
-                if not self._stopping.is_set():
-                    log.warning("wake-up listener lost its connection (%s); reconnecting", exc)
-                    self._stopping.wait(1.0)
+            url = db.engine.url
+        if url.get_backend_name() == "postgresql":
+            # LISTEN needs a session of its own: behind PgBouncer in transaction mode, point
+            # ASYNC_TASK_LISTEN_DATABASE_URL straight at PostgreSQL (docs/deploy.md).
+            listen_url = self.settings.listen_database_url
+            PostgresListener(make_url(listen_url) if listen_url else url, WAKE_CHANNEL, self.wake,
+                             self._stopping).start("task-wake-listener")
+        elif url.get_backend_name() == "sqlite":
+            SQLiteWatcher(url.database or "", self.wake, self._stopping).start("task-wake-watcher")

@@ -28,6 +28,13 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[
 return 0
 """
 
+# KEYS[1] = lock key, ARGV[1] = the holder's value, ARGV[2] = ours, ARGV[3] = ttl ms: take over
+# only from that holder (not from whoever took the lock since we looked).
+TAKE_OVER_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return 0
+"""
+
 
 class RedisUnavailable(RuntimeError):
     """Redis could not be reached or answered with an error."""
@@ -42,6 +49,7 @@ class TaskLocks:
         self.ttl_ms = max(1000, int(ttl_seconds * 1000))
         self._release = self.client.register_script(RELEASE_SCRIPT)
         self._extend = self.client.register_script(EXTEND_SCRIPT)
+        self._take_over = self.client.register_script(TAKE_OVER_SCRIPT)
 
     def key(self, task_id: int) -> str:
         return f"{self.prefix}lock:task:{task_id}"
@@ -85,6 +93,32 @@ class TaskLocks:
         except redis.RedisError as exc:
             raise RedisUnavailable(str(exc)) from exc
         return {task_id for (task_id, _), ok in zip(claims, answers, strict=True) if not ok}
+
+    def holders(self, task_ids: Iterable[int]) -> dict[int, tuple[str | None, float]]:
+        """Who holds each task's lock and for how much longer: {id: (value, seconds left)}."""
+        task_ids = list(task_ids)
+        if not task_ids:
+            return {}
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for task_id in task_ids:
+                pipe.get(self.key(task_id))
+                pipe.pttl(self.key(task_id))
+            answers = pipe.execute()
+        except redis.RedisError as exc:
+            raise RedisUnavailable(str(exc)) from exc
+        held: dict[int, tuple[str | None, float]] = {}
+        for index, task_id in enumerate(task_ids):
+            value, ttl_ms = answers[2 * index], answers[2 * index + 1]
+            held[task_id] = (value.decode() if isinstance(value, bytes) else value, max(0, ttl_ms) / 1000)
+        return held
+
+    def take_over(self, task_id: int, holder: str, token: str) -> bool:
+        """Replace ``holder``'s lock by ours (``token``, full TTL); False if the lock changed hands."""
+        try:
+            return bool(self._take_over(keys=[self.key(task_id)], args=[holder, token, self.ttl_ms]))
+        except redis.RedisError as exc:
+            raise RedisUnavailable(str(exc)) from exc
 
     def force_release(self, task_ids: Iterable[int]) -> None:
         """Drop locks of tasks the recovery sweep took away from a dead or overdue worker."""

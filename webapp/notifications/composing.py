@@ -1,93 +1,68 @@
-"""Notification outbox: rows written in the same transaction as a task's final status.
+"""Which outbox rows a task's final status writes, and the default mail a creator gets.
 
-Delivery (mail, webhooks) happens after commit, on the dispatcher's own threads
-(``webapp.tasks.delivery``); this module only decides what to send and writes it down, so a
-slow or failing mail server can never change a task's outcome. Nothing here may raise into
-``finish_task``: a processor's broken ``build_notification_request``, an invalid recipient or a
-template error becomes a SKIPPED row naming the reason, and the task's status commits anyway.
+``queue_for_finished_task`` is the task engine's one call into notifications: it runs inside
+the transaction that writes a task's final status, so the rows commit with it (or not at all).
+Delivery happens after commit on the dispatcher's own threads, so a slow or failing mail server
+can never change a task's outcome. Nothing here may raise into the finish: a processor's broken
+``build_notification_request``, an invalid recipient or a template error becomes a SKIPPED row
+naming the reason, and the task's status commits anyway.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
 
 from flask import current_app
+from sqlalchemy.orm import Session
 
-from .errors import ValidationError
-from .models import AsyncTask, Notification, NotificationStatus, TaskStatus, utcnow
-from .processor import NotificationRequest, NotificationType, TaskInfo, TaskResult
-from .serialize import task_to_dict
-
-if TYPE_CHECKING:
-    from .service import AsyncTaskService
+from ..config import engine_settings
+from ..tasks.errors import ValidationError
+from ..tasks.models import AsyncTask, Notification, NotificationStatus, TaskStatus, utcnow
+from ..tasks.processor import NotificationRequest, NotificationType, TaskInfo, TaskResult
+from ..tasks.registry import ProcessorRegistry
+from ..tasks.serialize import task_to_dict
+from ..tasks.wakeup import wake_after_commit
+from .addresses import MAX_RECIPIENT, is_email_address, validate_webhook_url
+from .outbox import dispatchers_in_process
 
 log = logging.getLogger(__name__)
 
-# Used with fullmatch: "$" would also match before a final newline ("a@example.com\n").
-EMAIL_PATTERN = re.compile(r"[^@\s<>\"',;]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                           r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
 MAX_SUBJECT = 500
-MAX_RECIPIENT = 2000
 MAX_RESULT_IN_MAIL = 4000
 DEFAULT_TEMPLATE = "email/task_finished"
 
 
-def is_email_address(value: str | None) -> bool:
-    """A single plain address (``user@example.com``), no display name, no list."""
-    return bool(value) and len(value or "") <= 254 and EMAIL_PATTERN.fullmatch(value or "") is not None
-
-
-def validate_webhook_url(url: Any, field: str = "notify_url") -> str:
-    """An absolute http(s) URL with a host; whether private hosts are allowed is checked at send."""
-    if not isinstance(url, str) or not url or len(url) > MAX_RECIPIENT:
-        raise ValidationError(f"{field} must be an http(s) URL of at most {MAX_RECIPIENT} characters",
-                              field=field)
-    if any(ch.isspace() or ord(ch) < 32 for ch in url):
-        raise ValidationError(f"{field} must not contain spaces or control characters", field=field)
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ValidationError(f"{field} is not a valid URL ({exc})", field=field) from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValidationError(f"{field} must be an absolute http(s) URL, got {url!r}", field=field)
-    if port == 0:
-        raise ValidationError(f"{field} has an invalid port 0", field=field)
-    return url
-
-
-def queue_notifications(service: AsyncTaskService, task: TaskInfo, status: str, result: TaskResult) -> None:
-    """Write the outbox rows a task's final status calls for (inside the finishing transaction).
+def queue_for_finished_task(session: Session, registry: ProcessorRegistry, task: TaskInfo, status: str,
+                            result: TaskResult) -> None:
+    """Add the outbox rows a task's final status calls for to ``session`` (no commit).
 
     Never raises: whatever goes wrong while building a notification is recorded as a SKIPPED row
-    with the reason, because the task's outcome must commit regardless.
+    with the reason, because the task's outcome must commit regardless. Dispatchers in this
+    process are woken once the rows commit.
     """
+    max_attempts = engine_settings(current_app).notify_max_attempts
     try:
-        rows = _outbox_rows(service, task, status, result)
+        rows = _outbox_rows(session, registry, task, status, result, max_attempts)
     except Exception as exc:  # a bug here must not turn a finished task into a failed commit
         log.exception("task %s: could not build its notifications", task.id)
         rows = [outbox_row(task.id, None, f"building the notification failed: {type(exc).__name__}: {exc}",
-                           _max_attempts())]
+                           max_attempts)]
     for row in rows:
-        service.session.add(row)
+        session.add(row)
     if any(row.status == NotificationStatus.PENDING.value for row in rows):
-        from .delivery import wake_dispatchers_after_commit
-
-        wake_dispatchers_after_commit(service.session)
+        wake_after_commit(session, dispatchers_in_process(current_app))
 
 
-def _outbox_rows(service: AsyncTaskService, task: TaskInfo, status: str,
-                 result: TaskResult) -> list[Notification]:
+def _outbox_rows(session: Session, registry: ProcessorRegistry, task: TaskInfo, status: str,
+                 result: TaskResult, max_attempts: int) -> list[Notification]:
     # populate_existing: finish_task changed the row with a bulk UPDATE, so an object already in
     # the session's identity map would still show the old status.
-    row = service.session.get(AsyncTask, task.id, populate_existing=True)
+    row = session.get(AsyncTask, task.id, populate_existing=True)
     if row is None:
         return []
-    processor = service.registry.get(task.task_type)
+    processor = registry.get(task.task_type)
     requests: list[tuple[NotificationRequest | None, str | None]] = []
     if processor is not None and _wants_notification(processor, status):
         try:
@@ -103,7 +78,6 @@ def _outbox_rows(service: AsyncTaskService, task: TaskInfo, status: str,
     if row.notify_url:
         requests.append((NotificationRequest(NotificationType.WEBHOOK, row.notify_url,
                                              subject=f"task {row.id} {status}"), None))
-    max_attempts = _max_attempts()
     body = None
     rows = []
     for request, problem in requests:
@@ -146,10 +120,6 @@ def _default_email_or_problem(task: AsyncTask, status: str,
     except Exception as exc:  # a broken template must not lose the task's outcome
         log.exception("task %s: rendering the default mail failed", task.id)
         return None, f"rendering the default mail failed: {type(exc).__name__}: {exc}"
-
-
-def _max_attempts() -> int:
-    return int(current_app.config.get("ASYNC_TASK_NOTIFY_MAX_ATTEMPTS", 8))
 
 
 def outbox_row(task_id: int, request: NotificationRequest | None, problem: str | None,
@@ -202,11 +172,10 @@ def default_email(task: AsyncTask, status: str, result: TaskResult) -> Notificat
     addresses, not console users, so there is no per-person preference to consult.
     """
     succeeded = status == TaskStatus.SUCCESS.value
-    language = current_app.config.get("ASYNC_TASK_MAIL_LANGUAGE") or "en"
-    if language not in MAIL_SUBJECTS:
-        language = "en"
+    settings = engine_settings(current_app)
+    language = settings.mail_language if settings.mail_language in MAIL_SUBJECTS else "en"
     outcome = MAIL_OUTCOMES[language][0 if succeeded else 1]
-    base_url = str(current_app.config.get("ASYNC_TASK_BASE_URL", "")).rstrip("/")
+    base_url = settings.base_url.rstrip("/")
     context = {
         "task": task,
         "status": status,

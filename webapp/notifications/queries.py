@@ -1,7 +1,7 @@
-"""Reading the notification outbox and the operator's resend: what the console and API call.
+"""Reading the notification outbox: what the console and the API show.
 
-No HTTP here; front ends map the errors (``ValidationError``, ``NotificationNotFound``,
-``InvalidTransition``) to their own form, like they do for tasks.
+No HTTP here; front ends map the errors (``ValidationError``, ``NotificationNotFound``) to their
+own form, as they do for tasks. The operator's resend is a state change: ``outbox.resend_notification``.
 """
 
 from __future__ import annotations
@@ -9,19 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..extensions import db
-from .delivery import NotificationOutbox, wake_dispatchers_after_commit
-from .errors import InvalidTransition, TaskNotFound, ValidationError
-from .models import Notification, NotificationStatus
-from .processor import NotificationType
-from .service import AsyncTaskService, validate_task_id
-
-
-class NotificationNotFound(TaskNotFound):
-    """No notification has that id (a ``not_found`` error, like a missing task)."""
+from ..tasks.errors import ValidationError
+from ..tasks.models import Notification, NotificationStatus
+from ..tasks.processor import NotificationType
+from ..tasks.validation import validate_task_id
+from .outbox import NotificationNotFound
 
 
 @dataclass(frozen=True)
@@ -112,46 +108,6 @@ def get_notification(notification_id: Any) -> Notification | None:
 def require_notification(notification_id: Any) -> Notification:
     """The notification with that id, or ``NotificationNotFound``."""
     note = get_notification(notification_id)
-    if note is None:
-        raise NotificationNotFound(f"notification {notification_id} does not exist")
-    return note
-
-
-def resend_notification(notification_id: Any, actor: str | None) -> Notification:
-    """FAILED -> PENDING with its attempts reset, audited; any other status is refused.
-
-    The last error stays on the row until the next attempt replaces it, so the operator can
-    still see why it had failed.
-    """
-    notification_id = validate_task_id(notification_id, "id")
-    outbox = NotificationOutbox()
-    outbox.begin_write()
-    changed = db.session.execute(
-        update(Notification)
-        .where(Notification.id == notification_id, Notification.status == NotificationStatus.FAILED.value)
-        .values(status=NotificationStatus.PENDING.value, attempts=0, next_attempt_at=outbox.now(),
-                claim_token=None, claimed_until=None, sent_at=None, updated_at=outbox.now())
-        .returning(Notification.id)
-        .execution_options(synchronize_session=False)
-    ).first()
-    service = AsyncTaskService()
-    if changed is None:
-        db.session.rollback()
-        note = require_notification(notification_id)
-        service.audit(actor, "notification.resend", "notification", notification_id, outcome="refused",
-                      detail={"status": note.status})
-        db.session.commit()
-        raise InvalidTransition(f"cannot resend notification {notification_id}: it is {note.status}; "
-                                f"only FAILED notifications can be resent", current_status=note.status)
-    service.audit(actor, "notification.resend", "notification", notification_id)
-    wake_dispatchers_after_commit(db.session())
-    db.session.commit()
-    return _reloaded(notification_id)
-
-
-def _reloaded(notification_id: int) -> Notification:
-    # populate_existing: the bulk UPDATE above left any copy in the identity map stale.
-    note = db.session.get(Notification, notification_id, populate_existing=True)
     if note is None:
         raise NotificationNotFound(f"notification {notification_id} does not exist")
     return note
