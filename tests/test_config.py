@@ -1,9 +1,19 @@
-"""Configuration: environment, YAML file, validation naming the setting."""
+"""Configuration: environment, YAML file, validation naming the setting, typed engine settings."""
+
+from pathlib import Path
 
 import pytest
 
 from webapp import create_app
-from webapp.config import ConfigError, load_settings, normalise_database_url
+from webapp.config import (
+    ConfigError,
+    EngineSettings,
+    engine_settings,
+    load_settings,
+    normalise_database_url,
+)
+from webapp.notifications.dispatcher import NotificationDispatcher
+from webapp.tasks.consumer import Consumer
 
 
 def test_defaults(tmp_path):
@@ -112,3 +122,34 @@ def test_trusted_proxies_give_the_real_client_address(tmp_path):
     assert reply.text == "203.0.113.9 https"
     plain = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/y.db"})
     assert plain.config["ASYNC_TASK_TRUSTED_PROXIES"] == 0
+
+
+# -- typed engine settings ----------------------------------------------------------------------
+
+ENGINE_PACKAGES = ("webapp/tasks", "webapp/notifications")
+
+
+def test_engine_settings_are_built_once_from_the_parsed_configuration(make_app):
+    app = make_app("sqlite", ASYNC_TASK_CONCURRENCY="7", ASYNC_TASK_NOTIFY_TIMEOUT="4", MAIL_TIMEOUT="6",
+                   ASYNC_TASK_PREFETCH="2", ASYNC_TASK_HEARTBEAT_INTERVAL="2")
+    settings = engine_settings(app)
+    assert isinstance(settings, EngineSettings)
+    assert engine_settings(app) is settings  # one object, kept
+    assert (settings.concurrency, settings.prefetch, settings.notify_timeout) == (7, 2, 4.0)
+    assert settings.smtp_timeout == 6.0
+    assert settings.notification_lease == 12 * 6.0 + 30
+    consumer = Consumer(app)
+    assert (consumer.concurrency, consumer.prefetch, consumer.heartbeat_interval) == (7, 2, 2.0)
+    assert NotificationDispatcher(app).lease_seconds == settings.notification_lease
+
+
+def test_the_engine_reads_no_setting_outside_engine_settings():
+    """Defaults live in config.SETTINGS only: the engine's parts never read ``app.config`` themselves."""
+    root = Path(__file__).resolve().parent.parent
+    readers = []
+    for package in ENGINE_PACKAGES:
+        for path in sorted((root / package).glob("*.py")):
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if ("config.get(" in line or 'config["' in line) and path.name != "engine.py":
+                    readers.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+    assert readers == []

@@ -266,6 +266,8 @@ class EngineSettings:
     retention_days: int
     direct_connections: bool
     listen_database_url: str | None
+    redis_url: str | None
+    redis_lock_prefix: str
     notify_concurrency: int
     notify_retry_base: float
     notify_max_attempts: int
@@ -290,6 +292,8 @@ class EngineSettings:
             retention_days=config["ASYNC_TASK_RETENTION_DAYS"],
             direct_connections=config["ASYNC_TASK_DIRECT_CONNECTIONS"],
             listen_database_url=config["ASYNC_TASK_LISTEN_DATABASE_URL"],
+            redis_url=config["REDIS_URL"],
+            redis_lock_prefix=config["ASYNC_TASK_REDIS_LOCK_PREFIX"],
             notify_concurrency=config["ASYNC_TASK_NOTIFY_CONCURRENCY"],
             notify_retry_base=config["ASYNC_TASK_NOTIFY_RETRY_BASE"],
             notify_max_attempts=config["ASYNC_TASK_NOTIFY_MAX_ATTEMPTS"],
@@ -300,6 +304,11 @@ class EngineSettings:
             mail_language=config["ASYNC_TASK_MAIL_LANGUAGE"],
             base_url=config["ASYNC_TASK_BASE_URL"],
         )
+
+    @property
+    def redis_lock_ttl(self) -> float:
+        """A task's Redis lock lives three heartbeats unless its worker's heartbeat extends it."""
+        return 3 * self.heartbeat_interval
 
     @property
     def smtp_timeout(self) -> float:

@@ -374,9 +374,13 @@ class Consumer(ClaimPool[TaskInfo]):
             try:
                 return AsyncTaskService().finish_many(batch, worker_id=self.worker_id,
                                                       direct=self._finish_direct)
-            except Exception:
+            except Exception as exc:
                 db.session.rollback()
-                log.exception("batch finish of %d task(s) failed; finishing them one by one", len(batch))
+                if is_lost_connection(exc):  # the direct connection reopens at its next use
+                    log.warning("batch finish of %d task(s): the database connection was lost (%s); "
+                                "finishing them one by one", len(batch), _first_line(exc))
+                else:
+                    log.exception("batch finish of %d task(s) failed; finishing them one by one", len(batch))
             finally:
                 db.session.remove()
         outcomes = []

@@ -11,6 +11,7 @@ from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from ..config import engine_settings
 from ..extensions import db
 from .locks import TaskLocks
 from .registry import ProcessorRegistry
@@ -44,10 +45,9 @@ def init_engine(app: Flask, registry: ProcessorRegistry | None = None) -> TaskEn
         registry = ProcessorRegistry()
         registry.load_modules(app.config["ASYNC_TASK_PROCESSORS"])
         registry.load_entry_points()
-    redis_url = app.config.get("REDIS_URL")
-    heartbeat = app.config["ASYNC_TASK_HEARTBEAT_INTERVAL"]
-    locks = (TaskLocks(redis_url, app.config["ASYNC_TASK_REDIS_LOCK_PREFIX"], ttl_seconds=3 * heartbeat)
-             if redis_url else None)
+    settings = engine_settings(app)  # built here, once, for every part of the engine
+    locks = (TaskLocks(settings.redis_url, settings.redis_lock_prefix, ttl_seconds=settings.redis_lock_ttl)
+             if settings.redis_url else None)
     engine = TaskEngine(registry, locks)
     app.extensions["async_task"] = engine
     with app.app_context():
