@@ -42,7 +42,7 @@ class TaskStore(SessionWriter):
 
     def __init__(self, registry: ProcessorRegistry | None = None, session: Session | None = None) -> None:
         super().__init__(session)
-        self.registry: ProcessorRegistry = registry or engine_state().registry
+        self.registry: ProcessorRegistry = registry if registry is not None else engine_state().registry
 
     def part(self, kind: type[Part]) -> Part:
         """Another part of the service over the same registry and session."""
