@@ -18,7 +18,7 @@ from ..schedules.slots import RunView
 from ..tasks.errors import ValidationError
 from . import bp
 from .auth import api_actor
-from .parsing import check_fields, read_json_object
+from .parsing import check_fields, check_text, read_json_object
 
 REQUIRED_FIELDS = ("name", "task_type")
 MAX_RUNS_PAGE = 500
@@ -68,9 +68,10 @@ def _schedule_response(schedule: Schedule, service: ScheduleService, status: int
 
 
 def _check_name(name: str) -> str:
+    """A schedule name from the URL that can be looked up (too long or unstorable: 422)."""
     if len(name) > 100:
         raise ValidationError("name must be at most 100 characters", field="name")
-    return name
+    return check_text(name, "name")
 
 
 @bp.get("/schedules")

@@ -21,6 +21,7 @@ from .triggers import Recurrence, parse_cron, validate_interval, validate_timezo
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MAX_DESCRIPTION = 2000
+EARLIEST, LATEST = 1970, 2999
 FIELDS = ("name", "task_type", "payload", "priority", "created_by", "cron", "interval_seconds", "timezone",
           "start_at", "end_at", "enabled", "overlap", "catch_up", "description")
 
@@ -71,6 +72,9 @@ def parse_moment(value: Any, field: str) -> datetime | None:
         raise ValidationError(f"{field} must be a time (ISO-8601 with a zone)", field=field)
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValidationError(f"{field} must include a time zone (e.g. 2026-01-01T12:00:00Z)", field=field)
+    if not EARLIEST <= value.year <= LATEST:
+        # Fire-time arithmetic near datetime's limits overflows; no schedule needs those years.
+        raise ValidationError(f"{field} must be between the years {EARLIEST} and {LATEST}", field=field)
     return value.astimezone(UTC)
 
 
@@ -83,9 +87,20 @@ def _text(value: Any, field: str, limit: int, *, required: bool = False) -> str 
         raise ValidationError(f"{field} must be a string", field=field)
     if "\x00" in value:
         raise ValidationError(f"{field} must not contain NUL characters", field=field)
+    if not _encodable(value):
+        raise ValidationError(f"{field} contains invalid Unicode (a lone surrogate)", field=field)
     if len(value) > limit:
         raise ValidationError(f"{field} must be at most {limit} characters", field=field)
     return value.strip() if required else value
+
+
+def _encodable(text: str) -> bool:
+    """Whether both databases can store the text (no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _choice(value: Any, field: str, allowed: type[OverlapPolicy] | type[CatchUpPolicy]) -> str:
@@ -116,8 +131,11 @@ def validate_payload(registry: ProcessorRegistry, task_type: str, payload: Any) 
         data = json.loads(json.dumps(payload, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise InvalidPayload(f"payload is not JSON-serialisable: {exc}", field="payload") from None
-    if "\x00" in json.dumps(data):
+    encoded = json.dumps(data, ensure_ascii=False)
+    if "\\u0000" in encoded:
         raise InvalidPayload("payload must not contain NUL (\\u0000) characters", field="payload")
+    if not _encodable(encoded):
+        raise InvalidPayload("payload contains invalid Unicode (a lone surrogate)", field="payload")
     if processor.payload_type is not None:
         payload_from_json(processor.payload_type, data)
     return dict(data)
