@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import logging
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 from flask import Flask
 from sqlalchemy import event
@@ -13,11 +12,9 @@ from sqlalchemy.engine import Engine
 
 from ..config import engine_settings
 from ..extensions import db
+from .consumer import Consumer
 from .locks import TaskLocks
 from .registry import ProcessorRegistry
-
-if TYPE_CHECKING:
-    from .consumer import Consumer
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +81,6 @@ def start_embedded_consumer(app: Flask) -> Consumer | None:
     """Start a consumer inside this (web) process when ASYNC_TASK_CONSUMER_ENABLED says so."""
     if not app.config["ASYNC_TASK_CONSUMER_ENABLED"]:
         return None
-    from .consumer import Consumer
-
     consumer = Consumer(app).start()
     atexit.register(consumer.stop, 5.0)
     return consumer
