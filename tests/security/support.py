@@ -39,8 +39,10 @@ PUBLIC_ENDPOINTS = {
     "api.openapi_document": "the API's description: no task data, no secret (webapp/api/auth.py)",
     "i18n.choose_language": "the language switch (also on the login page): sets a cookie, CSRF-checked",
 }
-# Console endpoints any logged-in user may POST to: logging in again, logging out, the language.
-NOT_ROLE_GATED = {"auth.login", "auth.logout", "i18n.choose_language"}
+# Console endpoints any logged-in user may POST to: logging in again, logging out, the language,
+# their own password.
+NOT_ROLE_GATED = {"auth.login", "auth.logout", "i18n.choose_language",
+                  "account.change_password"}  # every user changes their own password
 
 # Form fields that make each known state-changing request one that *would* change something if
 # it were allowed; the control test proves they do. Routes not listed get an empty form.
