@@ -74,7 +74,7 @@ def test_an_answered_round_trip_calls_redis_back(make_app: Callable[..., Flask],
                                                  private_redis: RedisServer) -> None:
     app = make_app("postgres", REDIS_URL=private_redis.url, ASYNC_TASK_PROCESSORS=["tests.processors"])
     consumer = Consumer(app)
-    consumer._redis_down(RuntimeError("earlier outage"))
+    consumer.lock_keeper.down(RuntimeError("earlier outage"))
     with engine_log() as lines:
         consumer._recover()
     text = "\n".join(lines)

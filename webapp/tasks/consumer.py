@@ -41,7 +41,7 @@ from ..logging_setup import task_log_context
 from ..notifications.dispatcher import NotificationDispatcher
 from .direct import DirectConnection
 from .errors import TaskCancelled
-from .locks import RedisUnavailable, TaskLocks
+from .lock_keeper import TaskLockKeeper
 from .pool import ClaimPool
 from .processor import TaskInfo, TaskResult
 from .progress import TaskContext
@@ -98,7 +98,7 @@ class Consumer(ClaimPool[TaskInfo]):
         self.listen = listen
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.engine = app.extensions["async_task"]
-        self.locks: TaskLocks | None = self.engine.locks
+        self.lock_keeper = TaskLockKeeper(app, self.engine.locks, self.worker_id)
 
         # Outcomes of attempts whose processor wrote nothing itself, written in batches.
         self._finished: queue.Queue[FinishedAttempt | None] = queue.Queue()
@@ -113,7 +113,6 @@ class Consumer(ClaimPool[TaskInfo]):
         self.notifier: NotificationDispatcher | None = None
         self.processed = 0
         self.failed = 0
-        self.redis_ok = True
         self.started = False
         self._claim_direct: DirectConnection | None = None
         self._finish_direct: DirectConnection | None = None
@@ -198,7 +197,7 @@ class Consumer(ClaimPool[TaskInfo]):
                 released = service.release_tasks(leftovers, self.worker_id,
                                                  reason="worker shut down before the task finished")
                 log.warning("released %d task(s) on shutdown: %s", len(released), released)
-            self._release_locks(leftovers)
+            self.lock_keeper.release(leftovers)
             service.stop_worker(self.worker_id)
             db.session.remove()
         for direct in (self._claim_direct, self._finish_direct):
@@ -224,12 +223,11 @@ class Consumer(ClaimPool[TaskInfo]):
         self._claim_failures = 0
         with self._lock:  # owned from the moment the claim returns (see _release_forgotten_attempts)
             self._owned.update((task.id, task.claim_token) for task in claimed)
-        kept = self._lock_in_redis(claimed)
+        kept = self.lock_keeper.lock_claimed(claimed)
         with self._lock:
             self._owned.difference_update((t.id, t.claim_token) for t in claimed if t not in kept)
             for task in kept:
                 self._running[task.id] = task
-        # Given back for a held lock: they count as claimed for the drain, so claim again.
         return kept
 
     def claim_failed(self, exc: Exception) -> float:
@@ -244,54 +242,6 @@ class Consumer(ClaimPool[TaskInfo]):
             return min(1.0, self.poll_interval)
         log.exception("claim failed; retrying at the next poll")
         return self.poll_interval
-
-    def _lock_in_redis(self, claimed: list[TaskInfo]) -> list[TaskInfo]:
-        if self.locks is None or not claimed:
-            return claimed
-        try:
-            held = self.locks.acquire_many((t.id, t.claim_token) for t in claimed)
-            refused = [t for t in claimed if t.id not in held]
-            if refused:
-                held |= self._take_over_or_give_back(self.locks, refused)
-        except RedisUnavailable as exc:
-            self._redis_down(exc)
-            return claimed
-        self._redis_up()
-        return [t for t in claimed if t.id in held]
-
-    def _take_over_or_give_back(self, locks: TaskLocks, refused: list[TaskInfo]) -> set[int]:
-        """Locks still held when their task was claimed: the ids whose lock we took over.
-
-        A lock left by a finished attempt of the same task (its worker stopped between the
-        outcome's commit and the release) is taken over. Any other holder keeps it: the task is
-        given back, due again when the lock expires, and the claim is not counted as an
-        attempt; giving it back due at once would only start a claim-and-give-back storm.
-        """
-        holders = locks.holders(t.id for t in refused)
-        # A lock that expired between the refusal and the look is taken the ordinary way.
-        taken = locks.acquire_many((t.id, t.claim_token) for t in refused if holders[t.id][0] is None)
-        with self.app.app_context():
-            try:
-                service = AsyncTaskService()
-                finished = service.lock_holders_done((t.id, t.attempt - 1, str(holders[t.id][0]))
-                                                     for t in refused if holders[t.id][0] is not None)
-                taken_over = {t.id for t in refused if t.id in finished
-                              and locks.take_over(t.id, str(holders[t.id][0]), t.claim_token)}
-                if taken_over:
-                    log.warning("took over the Redis lock of task(s) %s from their finished previous attempt",
-                                sorted(taken_over))
-                taken |= taken_over
-                for task in refused:
-                    if task.id not in taken:
-                        holder, seconds_left = holders[task.id]
-                        wait = max(0.1, seconds_left)
-                        log.warning("task %s: Redis lock held by %s for %.1fs more; giving it back until then",
-                                    task.id, holder, wait)
-                        service.release_tasks([task], self.worker_id, reason="Redis lock held by another worker",
-                                              due_in=wait, count_attempt=False)
-            finally:
-                db.session.remove()
-        return taken
 
     # -- the pool's side: running tasks -------------------------------------------------------
 
@@ -336,7 +286,7 @@ class Consumer(ClaimPool[TaskInfo]):
             for task in tasks:
                 self._running.pop(task.id, None)
                 self._owned.discard((task.id, task.claim_token))
-        self._release_locks(tasks)
+        self.lock_keeper.release(tasks)
         for task, outcome in zip(tasks, outcomes, strict=True):
             if outcome.status == "SUCCESS":
                 self.processed += 1
@@ -447,23 +397,13 @@ class Consumer(ClaimPool[TaskInfo]):
                 log.exception("heartbeat failed")
             finally:
                 db.session.remove()
-        if self.locks is not None:
-            with self._lock:
-                running = [(t.id, t.claim_token) for t in self._running.values()]
-            try:
-                lost = self.locks.extend_many(running)
-                with self._lock:  # a task that finished meanwhile released its lock; not lost
-                    lost = {task_id for task_id in lost if task_id in self._running}
-                if lost:
-                    log.warning("Redis lock missing for running task(s) %s (expired or deleted); "
-                                "the database lease still protects them", sorted(lost))
-                # With nothing to extend no round trip was made: ask Redis before calling it back,
-                # or an idle worker would flap between "unavailable" and "reachable again".
-                if not running and not self.locks.ping():
-                    raise RedisUnavailable("Redis did not answer PING")
-                self._redis_up()
-            except RedisUnavailable as exc:
-                self._redis_down(exc)
+        with self._lock:
+            running = [(t.id, t.claim_token) for t in self._running.values()]
+        self.lock_keeper.extend(running, self._still_running)
+
+    def _still_running(self, task_ids: set[int]) -> set[int]:
+        with self._lock:
+            return {task_id for task_id in task_ids if task_id in self._running}
 
     def _release_forgotten_attempts(self) -> None:
         """Give back tasks the database says this worker holds but the worker does not know of.
@@ -484,33 +424,14 @@ class Consumer(ClaimPool[TaskInfo]):
     def _recover(self) -> None:
         with self.app.app_context():
             try:
-                if self.locks is None:
-                    self._sweep()
-                else:
-                    self._sweep_under_redis_lock(self.locks)
+                # TTL below the 3-beat stale threshold: a sweeper killed while holding it must not
+                # delay the recovery of its own tasks (overlapping sweeps are harmless, every
+                # recovery is a conditional update).
+                self.lock_keeper.sweep_under_lock(self._sweep, ttl_seconds=self.heartbeat_interval * 2)
             except Exception:
                 log.exception("recovery sweep failed")
             finally:
                 db.session.remove()
-
-    def _sweep_under_redis_lock(self, locks: TaskLocks) -> None:
-        """Sweep while holding the sweep lock; without Redis, sweep anyway (it is conditional)."""
-        swept = False
-        try:
-            # TTL below the 3-beat stale threshold: a sweeper killed while holding it must not
-            # delay the recovery of its own tasks (overlapping sweeps are harmless, every
-            # recovery is a conditional update).
-            with locks.sweep_lock(ttl_seconds=self.heartbeat_interval * 2) as mine:
-                if mine:
-                    self._sweep()
-                    swept = True
-        except RedisUnavailable as exc:
-            self._redis_down(exc)
-            if not swept:
-                self._sweep()
-        else:
-            # Every round trip of the block was answered (taking and releasing the lock).
-            self._redis_up()
 
     def _purge_expired(self) -> None:
         """Retention: drop finished tasks older than ASYNC_TASK_RETENTION_DAYS (hourly)."""
@@ -528,36 +449,12 @@ class Consumer(ClaimPool[TaskInfo]):
 
     def _sweep(self) -> list[int]:
         return AsyncTaskService().recover_orphans(self.max_processing_time, self.heartbeat_interval,
-                                                  before_commit=self._drop_locks_of)
+                                                  before_commit=self.lock_keeper.drop)
 
-    def _drop_locks_of(self, task_ids: list[int]) -> None:
-        """Free recovered tasks' Redis locks before the recovery commits and wakes claimers."""
-        if self.locks is None:
-            return
-        try:
-            self.locks.force_release(task_ids)
-        except RedisUnavailable as exc:
-            self._redis_down(exc)
-
-    def _release_locks(self, tasks: list[TaskInfo]) -> None:
-        if self.locks is None or not tasks:
-            return
-        try:
-            self.locks.release_many((t.id, t.claim_token) for t in tasks)
-        except RedisUnavailable as exc:
-            self._redis_down(exc)
-
-    def _redis_down(self, exc: Exception) -> None:
-        if self.redis_ok:
-            log.error("REDIS UNAVAILABLE: %s. Continuing on database claims alone.", exc)
-        self.redis_ok = False
-        self.engine.redis_ok = False
-
-    def _redis_up(self) -> None:
-        if not self.redis_ok:
-            log.warning("Redis is reachable again; per-task locks resumed")
-        self.redis_ok = True
-        self.engine.redis_ok = True
+    @property
+    def redis_ok(self) -> bool:
+        """Whether Redis answered this consumer's last call (always True without Redis)."""
+        return self.lock_keeper.redis_ok
 
     # -- cross-process wake-up ---------------------------------------------------------------
 
