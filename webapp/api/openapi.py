@@ -424,6 +424,7 @@ def build_openapi(registry: ProcessorRegistry | None, max_body_bytes: int | None
         },
     }
 
+
 # -- recurring schedules (webapp/api/schedules.py) ---------------------------------------------
 
 SCHEDULE_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$"}
