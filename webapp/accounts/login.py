@@ -77,28 +77,29 @@ def session_identity(user_id: Any) -> LoginIdentity | None:
 def attempt_login(throttle: LoginThrottle, username: str, password: str, address: str | None) -> LoginOutcome:
     """Check one login attempt and record it (committed); a throttled one never checks the password."""
     name = username[:MAX_USERNAME]
-    begin_write()
     session = db.session()
     try:
+        # Read and check first, outside any write transaction: the password hash takes a tenth of
+        # a second, and must not hold SQLite's write lock (every worker waits on it) meanwhile.
         wait = throttle.wait_seconds(session, name, address)
+        identity, known = None, False
+        if wait <= 0:
+            user = authenticate(name, password) if name and password else None
+            identity = identity_of(user) if user is not None else None
+            known = identity is not None or (bool(name) and find_user(name) is not None)
+        begin_write()  # ends the reads; on SQLite takes the write lock up front
         if wait > 0:
             _count_throttled(throttle, address)
-            db.session.commit()
-            return LoginOutcome(None, wait)
-        user = authenticate(name, password) if name and password else None
-        if user is None:
+        elif identity is None:
             throttle.record_failure(session, name, address)
-            known = find_user(name) is not None if name else False
             record_audit(name if known else None, "login", "user", name if known else None, outcome="failed",
                          detail={"ip": address} if known else {"ip": address, "unknown_user": True})
-            db.session.commit()
-            return LoginOutcome(None)
-        identity = identity_of(user)
-        throttle.record_success(session, name, address)
-        record_login(identity.id)
-        record_audit(identity.username, "login", "user", identity.username, detail={"ip": address})
+        else:
+            throttle.record_success(session, name, address)
+            record_login(identity.id)
+            record_audit(identity.username, "login", "user", identity.username, detail={"ip": address})
         db.session.commit()
-        return LoginOutcome(identity)
+        return LoginOutcome(identity, max(wait, 0.0))
     except BaseException:
         db.session.rollback()
         raise
