@@ -14,10 +14,12 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 csrf.exempt(bp)
 
 from . import views  # noqa: E402,F401  (registers the routes on bp)
-from . import schedules  # noqa: E402,F401  (registers /api/schedules on bp)
 from .auth import require_api_token  # noqa: E402
 from .errors import register_error_handlers  # noqa: E402
 from .parsing import refuse_oversized_body  # noqa: E402
+from .schedules import bp as schedules_bp  # noqa: E402
+
+bp.register_blueprint(schedules_bp)  # /api/schedules: the hooks and error handlers below apply to it
 
 bp.before_request(refuse_oversized_body)
 bp.before_request(require_api_token)

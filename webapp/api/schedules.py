@@ -1,7 +1,9 @@
 """JSON endpoints for recurring schedules: a thin layer over ``ScheduleService``.
 
-Errors follow the task endpoints' rules (``errors.py``): 404 unknown schedule, 409 a schedule
-declared in code or configuration cannot be edited or deleted here, 422 naming the field.
+A blueprint of its own, nested in the API's (``/api/schedules``): the API's token check, size
+limit and JSON errors apply to it as to every API route. Errors follow the task endpoints' rules
+(``errors.py``): 404 unknown schedule, 409 a schedule declared in code or configuration cannot be
+edited or deleted here, 422 naming the field.
 """
 
 from __future__ import annotations
@@ -9,17 +11,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import Response, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, request, url_for
 
+from ..extensions import csrf
 from ..schedules.definition import FIELDS
 from ..schedules.models import Schedule
 from ..schedules.service import ScheduleService
 from ..schedules.slots import RunView
 from ..tasks.errors import ValidationError
-from . import bp
 from .auth import api_actor
 from .parsing import check_fields, check_text, read_json_object
 
+bp = Blueprint("schedules", __name__, url_prefix="/schedules")
+csrf.exempt(bp)  # bearer tokens, like the rest of the API (the parent's exemption names only itself)
 REQUIRED_FIELDS = ("name", "task_type")
 MAX_RUNS_PAGE = 500
 
@@ -74,14 +78,14 @@ def _check_name(name: str) -> str:
     return check_text(name, "name")
 
 
-@bp.get("/schedules")
+@bp.get("")
 def list_schedules() -> Response:
     """Every schedule, by name."""
     service = ScheduleService()
     return jsonify(items=[schedule_to_dict(schedule, service) for schedule in service.list_schedules()])
 
 
-@bp.post("/schedules")
+@bp.post("")
 def create_schedule() -> Response:
     """Create a schedule: 201 with it and its Location; 422 naming the field when anything is invalid."""
     body = read_json_object()
@@ -89,18 +93,18 @@ def create_schedule() -> Response:
     service = ScheduleService()
     schedule = service.create(body, actor=api_actor())
     response = _schedule_response(schedule, service, 201)
-    response.headers["Location"] = url_for("api.get_schedule", name=schedule.name)
+    response.headers["Location"] = url_for("api.schedules.get_schedule", name=schedule.name)
     return response
 
 
-@bp.get("/schedules/<name>")
+@bp.get("/<name>")
 def get_schedule(name: str) -> Response:
     """One schedule, or 404."""
     service = ScheduleService()
     return _schedule_response(service.get(_check_name(name)), service)
 
 
-@bp.patch("/schedules/<name>")
+@bp.patch("/<name>")
 def update_schedule(name: str) -> Response:
     """Change some fields; 409 for a schedule declared in code or configuration."""
     body = read_json_object()
@@ -109,28 +113,28 @@ def update_schedule(name: str) -> Response:
     return _schedule_response(service.update(_check_name(name), body, actor=api_actor()), service)
 
 
-@bp.delete("/schedules/<name>")
+@bp.delete("/<name>")
 def delete_schedule(name: str) -> Response:
     """Delete a schedule and its run records (its tasks stay): 204."""
     ScheduleService().delete(_check_name(name), actor=api_actor())
     return Response(status=204)
 
 
-@bp.post("/schedules/<name>/pause")
+@bp.post("/<name>/pause")
 def pause_schedule(name: str) -> Response:
     """Stop firing (missed slots are not caught up on resume)."""
     service = ScheduleService()
     return _schedule_response(service.set_enabled(_check_name(name), False, actor=api_actor()), service)
 
 
-@bp.post("/schedules/<name>/resume")
+@bp.post("/<name>/resume")
 def resume_schedule(name: str) -> Response:
     """Fire again from the next slot after now."""
     service = ScheduleService()
     return _schedule_response(service.set_enabled(_check_name(name), True, actor=api_actor()), service)
 
 
-@bp.post("/schedules/<name>/run")
+@bp.post("/<name>/run")
 def run_schedule(name: str) -> Response:
     """Run now: 202 with the manual run record and its task's id."""
     view = ScheduleService().run_now(_check_name(name), actor=api_actor())
@@ -141,7 +145,7 @@ def run_schedule(name: str) -> Response:
     return response
 
 
-@bp.get("/schedules/<name>/runs")
+@bp.get("/<name>/runs")
 def list_schedule_runs(name: str) -> Response:
     """The schedule's runs, newest slot first (``limit``, default 50, at most 500)."""
     raw_limit = request.args.get("limit", "50")
