@@ -506,3 +506,35 @@ def test_openapi_describes_each_task_type_and_its_payload(app: Flask, api: Api) 
     batch_items = document["components"]["schemas"]["TaskBatchSubmission"]["properties"]["tasks"]
     assert batch_items["maxItems"] == 1000
     assert all("idempotency_key" not in v["properties"] for v in batch_items["items"]["oneOf"])
+
+
+# -- list previews (issue 10 item 6) -------------------------------------------------------------
+
+
+def test_list_rows_carry_bounded_previews_and_the_task_carries_everything(app: Flask, api: Api) -> None:
+    small = api.submit(payload={"a": 1}).get_json()["id"]
+    big_payload = {"blob": "x" * 5000, "n": 2}
+    big = api.submit(payload=big_payload).get_json()["id"]
+    items = {item["id"]: item for item in api.get("/api/tasks").get_json()["items"]}
+    assert items[small]["payload"] == {"a": 1} and items[small]["payload_truncated"] is False
+    assert json.loads(items[small]["payload_preview"]) == {"a": 1}
+    assert items[big]["payload"] is None and items[big]["payload_truncated"] is True
+    assert len(items[big]["payload_preview"]) == 256
+    assert items[big]["result"] is None and items[big]["result_truncated"] is False
+    assert items[big]["error"] is None and items[big]["error_truncated"] is False
+    assert api.get(f"/api/tasks/{big}").get_json()["payload"] == big_payload
+
+
+def test_a_list_answer_stops_at_its_byte_budget_and_continues(app: Flask, api: Api,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from webapp.api import views
+
+    with app.app_context():
+        AsyncTaskService().submit_many([{"task_type": "NOOP", "payload": {"i": i, "pad": "p" * 300}}
+                                        for i in range(12)])
+    monkeypatch.setattr(views, "LIST_BYTES_BUDGET", 3000)
+    first = api.get("/api/tasks?limit=500")
+    assert len(first.data) <= 3000 + 100  # the items within the budget, plus the envelope
+    assert 1 <= len(first.get_json()["items"]) < 12 and first.get_json()["next_cursor"] is not None
+    ids = _all_pages(api, "", limit=500)
+    assert len(ids) == 12 and ids == sorted(set(ids), reverse=True)

@@ -73,3 +73,12 @@ class ApiToken(db.Model):  # type: ignore[name-defined,misc]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # What the token may do (comma-separated: submit, read, operate) and over which tasks (own:
+    # those it submitted; all). Tokens from before migration 0006 keep everything, as they had.
+    scopes: Mapped[str] = mapped_column(String(64), nullable=False, default="submit,read,operate",
+                                        server_default="submit,read,operate")
+    reach: Mapped[str] = mapped_column(String(8), nullable=False, default="own", server_default="all")
+    # Mail recipients the token may name (comma-separated domains and exact addresses; None: any)
+    # and notifications its tasks may send per hour (None: no limit).
+    allowed_recipients: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    notifications_per_hour: Mapped[int | None] = mapped_column(Integer, nullable=True)

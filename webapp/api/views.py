@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -11,7 +12,8 @@ from flask import Response, current_app, jsonify, request, url_for
 from ..accounts.tokens import recipient_allowed
 from ..tasks.errors import TaskNotFound, ValidationError
 from ..tasks.models import AsyncTask
-from ..tasks.serialize import task_to_dict
+from ..tasks.queries import LIST_ERROR_CHARS, LIST_PREVIEW_CHARS
+from ..tasks.serialize import task_preview_to_dict, task_to_dict
 from ..tasks.service import AsyncTaskService
 from . import bp
 from .auth import api_actor, current_token, optional_token
@@ -20,6 +22,8 @@ from .parsing import check_fields, encode_cursor, parse_list_query, read_json_ob
 
 MAX_TASK_ID = 2**63 - 1
 MAX_BATCH_SIZE = 1000
+# Most JSON one list answer carries (each item is bounded too: previews, not whole values).
+LIST_BYTES_BUDGET = 1024 * 1024
 SUBMIT_FIELDS = ("task_type", "payload", "priority", "created_by", "run_at", "idempotency_key",
                  "notify_url")
 REQUIRED_FIELDS = ("task_type", "payload")
@@ -113,14 +117,24 @@ def submit_task_batch() -> Response:
 
 @bp.get("/tasks")
 def list_tasks() -> Response:
-    """Tasks matching the filters, newest first, one keyset page at a time."""
+    """Tasks matching the filters, newest first, one keyset page at a time; payload, result and
+    error as bounded previews (whole values: ``GET /api/tasks/<id>``), the page at most
+    ``LIST_BYTES_BUDGET`` of JSON (a cut page continues at its ``next_cursor``)."""
     filters, limit, cursor = parse_list_query(request.args)
     token = current_token()
     if not token.reaches_all:  # only the tasks this token submitted (indexed: principal, id)
         filters = replace(filters, principal=token.principal)
-    page = AsyncTaskService().list_tasks(filters, limit, cursor)
-    return jsonify(items=[task_to_dict(task) for task in page.items],
-                   next_cursor=encode_cursor(page.next_cursor))
+    page = AsyncTaskService().list_task_previews(filters, limit, cursor, LIST_PREVIEW_CHARS)
+    items: list[dict[str, Any]] = []
+    size, next_cursor = 0, page.next_cursor
+    for task in page.items:
+        item = task_preview_to_dict(task, LIST_PREVIEW_CHARS, LIST_ERROR_CHARS)
+        size += len(json.dumps(item, ensure_ascii=False))
+        if items and size > LIST_BYTES_BUDGET:
+            next_cursor = items[-1]["id"]
+            break
+        items.append(item)
+    return jsonify(items=items, next_cursor=encode_cursor(next_cursor))
 
 
 @bp.get("/tasks/<int:task_id>")

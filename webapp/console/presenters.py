@@ -107,6 +107,10 @@ class SearchMatch:
 SEARCH_CONTEXT = 40
 
 
+class RawText(str):
+    """Text shown as it is (the cut start of a payload's JSON), not dumped as a JSON string."""
+
+
 def search_match(term: str | None, error: str | None, payload: Any) -> SearchMatch | None:
     """The first case-insensitive occurrence of ``term`` in the error, else in the payload's JSON.
 
@@ -116,7 +120,15 @@ def search_match(term: str | None, error: str | None, payload: Any) -> SearchMat
     if not term:
         return None
     pattern = re.compile(re.escape(term), re.IGNORECASE)
-    payload_text = json.dumps(payload, ensure_ascii=False, sort_keys=True) if payload is not None else None
+    # A list row passes the start of the payload's JSON text (list_task_previews): a whole value
+    # is shown as a dict would be (sorted keys); a cut one as the database wrote its start.
+    if isinstance(payload, str):
+        try:
+            payload = json.loads(payload)
+        except ValueError:
+            payload = RawText(payload)
+    payload_text = payload if isinstance(payload, RawText) else (
+        json.dumps(payload, ensure_ascii=False, sort_keys=True) if payload is not None else None)
     for name, text in (("error", error), ("payload", payload_text)):
         if not text:
             continue

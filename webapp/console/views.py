@@ -57,6 +57,9 @@ from .task_query import TaskQuery, parse_task_query
 bp = protected_blueprint("console", __name__)
 
 # Fields shown in the detail page's table, in this order (payload and result get their own blocks).
+# Characters of a payload's JSON text (and of an error) a /tasks row loads for its search snippet:
+# the page never loads whole payloads (issue 10 item 6).
+LIST_MATCH_CHARS = 2000
 DETAIL_FIELDS = [
     "id", "task_type", "status", "priority", "retry_count", "max_retry_count", "retry_strategy",
     "retry_interval", "attempts", "recovery_count", "created_by", "principal", "created_at", "updated_at",
@@ -109,12 +112,13 @@ def _selected_ids() -> set[int]:
 def _task_list_context(query: TaskQuery) -> dict[str, Any]:
     page = TaskPage([], None)
     if not query.errors:
-        page = AsyncTaskService().list_tasks(query.filters, query.limit, query.cursor)
+        # Payloads and errors stay in the database: rows carry their first characters only.
+        page = AsyncTaskService().list_task_previews(query.filters, query.limit, query.cursor, LIST_MATCH_CHARS)
     search = query.filters.search
     return {
         "query": query,
         "page": page,
-        "matches": {task.id: search_match(search, task.error, task.payload) for task in page.items}
+        "matches": {task.id: search_match(search, task.error_head, task.payload_head) for task in page.items}
         if search else {},
         "live": any(not stats.is_terminal(task.status) for task in page.items),
         "selected": _selected_ids(),

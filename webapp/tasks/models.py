@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, query_expression
 from sqlalchemy.types import TypeDecorator
 
 from ..extensions import db
@@ -114,6 +114,13 @@ class AsyncTask(db.Model):  # type: ignore[name-defined,misc]
     # Who submitted it: ``token:<name>``, ``user:<name>`` or ``cli`` (None: Python code in-process).
     # An API token whose reach is its own tasks sees only rows with its principal (migration 0006).
     principal: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+    # Loaded only by the list query (``queries.list_task_previews``): the first characters of
+    # the payload's, the result's and the error's text, so a page of a list never carries whole
+    # values (200 tasks with 1 MB payloads were 200 MB per page). None everywhere else.
+    payload_head: Mapped[str | None] = query_expression()
+    result_head: Mapped[str | None] = query_expression()
+    error_head: Mapped[str | None] = query_expression()
 
     # Operator features: progress reports and cooperative cancel of a running task.
     progress: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select, Text, cast, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer, with_expression
 from sqlalchemy.sql.elements import ColumnElement
 
 from .errors import TaskNotFound, ValidationError
@@ -129,6 +129,34 @@ def list_tasks(session: Session, filters: TaskFilter | None = None, limit: int =
     validate_limit(limit)
     below = validate_task_id(cursor, "cursor") if cursor is not None else None
     return keyset_page(session, filtered_query(filters or TaskFilter()), AsyncTask.id, limit, below)
+
+
+# Characters of payload and result (JSON text) and of the error that a list row carries.
+LIST_PREVIEW_CHARS = 256
+LIST_ERROR_CHARS = 1000
+
+
+def list_task_previews(session: Session, filters: TaskFilter | None = None, limit: int = 50,
+                       cursor: int | None = None, preview_chars: int = LIST_PREVIEW_CHARS,
+                       error_chars: int = LIST_ERROR_CHARS) -> TaskPage:
+    """``list_tasks`` for lists: payload, result and error stay in the database.
+
+    Each task's ``payload_head``/``result_head`` hold the first ``preview_chars`` + 1 characters
+    of their JSON text and ``error_head`` the first ``error_chars`` + 1 of the error (one more
+    than shown, so a reader can tell a cut value from a whole one), cut by the database. The
+    full columns are deferred with ``raiseload``: touching one on these objects raises instead
+    of quietly loading it row by row.
+    """
+    validate_limit(limit)
+    below = validate_task_id(cursor, "cursor") if cursor is not None else None
+    query = filtered_query(filters or TaskFilter()).options(
+        defer(AsyncTask.payload, raiseload=True), defer(AsyncTask.result, raiseload=True),
+        defer(AsyncTask.error, raiseload=True),
+        with_expression(AsyncTask.payload_head, func.substr(cast(AsyncTask.payload, Text), 1, preview_chars + 1)),
+        with_expression(AsyncTask.result_head, func.substr(cast(AsyncTask.result, Text), 1, preview_chars + 1)),
+        with_expression(AsyncTask.error_head, func.substr(AsyncTask.error, 1, error_chars + 1)),
+    ).execution_options(populate_existing=True)  # the heads also for tasks the session holds
+    return keyset_page(session, query, AsyncTask.id, limit, below)
 
 
 def events_for(session: Session, task_id: int) -> list[TaskEvent]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -15,37 +17,69 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z")
 
 
+# A task's fields in API order, each with how to read it (times in ISO-8601 UTC).
+TASK_FIELDS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+    ("id", lambda t: t.id),
+    ("task_type", lambda t: t.task_type),
+    ("status", lambda t: t.status),
+    ("priority", lambda t: t.priority),
+    ("payload", lambda t: t.payload),
+    ("result", lambda t: t.result),
+    ("retry_count", lambda t: t.retry_count),
+    ("max_retry_count", lambda t: t.max_retry_count),
+    ("retry_strategy", lambda t: t.retry_strategy),
+    ("retry_interval", lambda t: t.retry_interval),
+    ("created_by", lambda t: t.created_by),
+    ("created_at", lambda t: iso(t.created_at)),
+    ("updated_at", lambda t: iso(t.updated_at)),
+    ("started_at", lambda t: iso(t.started_at)),
+    ("finished_at", lambda t: iso(t.finished_at)),
+    ("next_run_at", lambda t: iso(t.next_run_at)),
+    ("error", lambda t: t.error),
+    ("attempts", lambda t: t.attempts),
+    ("recovery_count", lambda t: t.recovery_count),
+    ("worker_id", lambda t: t.worker_id),
+    ("idempotency_key", lambda t: t.idempotency_key),
+    ("notify_url", lambda t: t.notify_url),
+    ("parent_id", lambda t: t.parent_id),
+    ("principal", lambda t: t.principal),
+    ("progress", lambda t: t.progress),
+    ("progress_message", lambda t: t.progress_message),
+    ("cancel_requested_at", lambda t: iso(t.cancel_requested_at)),
+)
+# Fields a list row replaces by bounded previews (see ``task_preview_to_dict``).
+PREVIEWED = frozenset({"payload", "result", "error"})
+
+
 def task_to_dict(task: AsyncTask | Any) -> dict[str, Any]:
     """Every column of SPEC section 3 (plus lease and progress fields), times in ISO-8601 UTC."""
-    return {
-        "id": task.id,
-        "task_type": task.task_type,
-        "status": task.status,
-        "priority": task.priority,
-        "payload": task.payload,
-        "result": task.result,
-        "retry_count": task.retry_count,
-        "max_retry_count": task.max_retry_count,
-        "retry_strategy": task.retry_strategy,
-        "retry_interval": task.retry_interval,
-        "created_by": task.created_by,
-        "created_at": iso(task.created_at),
-        "updated_at": iso(task.updated_at),
-        "started_at": iso(task.started_at),
-        "finished_at": iso(task.finished_at),
-        "next_run_at": iso(task.next_run_at),
-        "error": task.error,
-        "attempts": task.attempts,
-        "recovery_count": task.recovery_count,
-        "worker_id": task.worker_id,
-        "idempotency_key": task.idempotency_key,
-        "notify_url": task.notify_url,
-        "parent_id": task.parent_id,
-        "principal": task.principal,
-        "progress": task.progress,
-        "progress_message": task.progress_message,
-        "cancel_requested_at": iso(task.cancel_requested_at),
-    }
+    return {key: read(task) for key, read in TASK_FIELDS}
+
+
+def _preview(head: str | None, limit: int) -> tuple[str | None, bool]:
+    """The shown part of a head read with one character more than ``limit``, and whether it was cut."""
+    if head is None:
+        return None, False
+    return head[:limit], len(head) > limit
+
+
+def task_preview_to_dict(task: AsyncTask | Any, preview_chars: int, error_chars: int) -> dict[str, Any]:
+    """A list row (a task from ``list_task_previews``): ``task_to_dict``'s keys, payload, result
+    and error bounded.
+
+    ``payload_preview``/``result_preview`` are the start of the JSON text (at most
+    ``preview_chars`` characters) and ``*_truncated`` says whether more exists; ``payload`` and
+    ``result`` are the values themselves when they fit, else null (the whole value is at
+    ``GET /api/tasks/<id>``). ``error`` is cut at ``error_chars`` (``error_truncated``).
+    """
+    item = {key: read(task) for key, read in TASK_FIELDS if key not in PREVIEWED}
+    for name in ("payload", "result"):
+        preview, cut = _preview(getattr(task, f"{name}_head"), preview_chars)
+        item[name] = json.loads(preview) if preview is not None and not cut else None
+        item[f"{name}_preview"] = preview
+        item[f"{name}_truncated"] = cut
+    item["error"], item["error_truncated"] = _preview(task.error_head, error_chars)
+    return item
 
 
 def event_to_dict(event: TaskEvent) -> dict[str, Any]:

@@ -31,9 +31,10 @@ from .leases import FinishedAttempt, FinishOutcome, Leases
 from .maintenance import Maintenance
 from .models import TERMINAL_STATUSES, AsyncTask, TaskEvent, Worker
 from .processor import TaskInfo, TaskResult
-from .queries import ALL_TYPES, TaskFilter, TaskPage
+from .queries import ALL_TYPES, LIST_PREVIEW_CHARS, TaskFilter, TaskPage
 from .queries import events_for as _events_for
 from .queries import get_task as _get_task
+from .queries import list_task_previews as _list_task_previews
 from .queries import list_tasks as _list_tasks
 from .queries import paused_task_types as _paused_task_types
 from .queries import require_task as _require_task
@@ -107,6 +108,11 @@ class AsyncTaskService(TaskStore):
                    cursor: int | None = None) -> TaskPage:
         """A keyset page of tasks matching ``filters``, newest first, continuing below ``cursor``."""
         return _list_tasks(self.session, filters, limit, cursor)
+
+    def list_task_previews(self, filters: TaskFilter | None = None, limit: int = 50, cursor: int | None = None,
+                           preview_chars: int = LIST_PREVIEW_CHARS) -> TaskPage:
+        """``list_tasks`` whose tasks carry bounded previews instead of payload, result and error."""
+        return _list_task_previews(self.session, filters, limit, cursor, preview_chars)
 
     def events_for(self, task_id: int) -> list[TaskEvent]:
         """A task's timeline, oldest first."""
