@@ -18,6 +18,7 @@ from .dbliveness import SUPPORTED as LIVENESS_CHECK_SUPPORTED
 from .dbliveness import install_liveness_check
 from .extensions import csrf, db, mail, migrate
 from .logging_setup import configure_logging
+from .schedules.setup import init_schedules
 from .startup_checks import refuse_weak_secret_key, running_flask_command
 from .teardown_guard import guard_teardowns
 
@@ -68,8 +69,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from .tasks.engine import init_engine
 
     init_engine(app)
-
-    from .schedules.setup import init_schedules
 
     init_schedules(app)  # recurring schedules: declared ones checked now, the job, `flask schedules`
 
