@@ -132,6 +132,12 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "ASYNC_TASK_SCHEDULER_INTERVAL": (_positive_float, 1.0),
     "ASYNC_TASK_SCHEDULE_MISFIRE_GRACE": (_positive_float, 30.0),
     "ASYNC_TASK_SCHEDULE_CATCH_UP_LIMIT": (_positive_int, 100),
+    # Workflows (docs/workflows.md): the most tasks one workflow may hold.
+    "ASYNC_TASK_WORKFLOW_MAX_TASKS": (_positive_int, 10000),
+    # Console sessions (seconds): end after this long without activity (polling is not activity),
+    # and this long after login whatever happens.
+    "ASYNC_TASK_SESSION_IDLE_TIMEOUT": (_positive_float, 1800.0),
+    "ASYNC_TASK_SESSION_LIFETIME": (_positive_float, 43200.0),
 }
 
 # Flask-Mail's settings, parsed (the environment gives strings; "false" must not mean True).
