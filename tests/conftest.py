@@ -83,7 +83,7 @@ def _migrate(url: str) -> None:
 
 
 TABLES = ("notification", "task_event", "audit_log", "async_task", "worker", "task_type_state",
-          "api_token", "console_user", "login_failure_counter")
+          "api_token", "console_user", "login_failure_counter", "task_limit_start", "task_limit_override")
 
 
 def base_config(**overrides: Any) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Imports every model so that metadata (and Alembic) sees all tables."""
 
 from .accounts.models import ApiToken, LoginFailureCounter, User
+from .tasks.limit_models import TaskLimitOverride, TaskLimitStart
 from .tasks.models import (
     AsyncTask,
     AuditEntry,
@@ -11,4 +12,4 @@ from .tasks.models import (
 )
 
 __all__ = ["ApiToken", "AsyncTask", "AuditEntry", "LoginFailureCounter", "Notification", "TaskEvent",
-           "TaskTypeState", "User", "Worker"]
+           "TaskLimitOverride", "TaskLimitStart", "TaskTypeState", "User", "Worker"]

@@ -8,6 +8,7 @@ from .errors import (
     UnknownTaskType,
     ValidationError,
 )
+from .limits import RateLimit, TaskLimits, Unique
 from .models import AsyncTask, TaskStatus
 from .processor import (
     NotificationRequest,
@@ -27,15 +28,18 @@ __all__ = [
     "InvalidTransition",
     "NotificationRequest",
     "NotificationType",
+    "RateLimit",
     "RetryConfig",
     "RetryStrategy",
     "TaskError",
     "TaskFilter",
     "TaskInfo",
+    "TaskLimits",
     "TaskNotFound",
     "TaskProcessor",
     "TaskResult",
     "TaskStatus",
+    "Unique",
     "UnknownTaskType",
     "ValidationError",
 ]

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import update
 
+from ..workflows.resolution import operator_changed
 from .errors import InvalidTransition, TaskNotFound
 from .models import AsyncTask, TaskTypeState
 from .queries import ALL_TYPES, get_task, require_task
@@ -106,17 +107,20 @@ class OperatorActions(TaskStore):
         """Move the tasks among ``task_ids`` that may take transition ``name`` to its target status.
 
         One conditional UPDATE naming the transition's starting statuses, plus its events; the
-        ids that changed, ascending. No commit.
+        ids that changed, ascending. No commit. Tasks of a workflow move its counts (and may
+        cancel their dependents, see ``workflows.resolution``).
         """
-        changed = sorted(self.session.execute(
+        rows = self.session.execute(
             update(AsyncTask)
             .where(AsyncTask.id.in_(task_ids), AsyncTask.status.in_(starting_statuses(name)))
             .values(status=TRANSITIONS[name].to_status, **values)
-            .returning(AsyncTask.id)
+            .returning(AsyncTask.id, AsyncTask.workflow_id, AsyncTask.workflow_key)
             .execution_options(synchronize_session=False)
-        ).scalars().all())
+        ).all()
+        changed = sorted(row.id for row in rows)
         self.write_events([self.transition_event(name, task_id, actor=actor, message=message)
                            for task_id in changed])
+        operator_changed(self, name, [row for row in rows if row.workflow_id is not None], actor)
         return changed
 
     def resubmit_task(self, task_id: Any, payload: Any, actor: str | None = None,

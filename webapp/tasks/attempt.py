@@ -6,7 +6,8 @@ API can all name it without importing each other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -30,4 +31,10 @@ class TaskInfo:
     retry_max_delay: float | None = None
     retry_jitter: float = 0.0
     notify_url: str | None = None
+    # Workflows (docs/workflows.md): the workflow and key of this task, its parents' results by
+    # key (a callback gets every task's result), and for a callback the workflow's summary.
+    workflow_id: int | None = None
+    workflow_key: str | None = None
+    parent_results: Mapping[str, Any] = field(default_factory=dict)
+    workflow_summary: Mapping[str, Any] | None = None
 

@@ -18,6 +18,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from .attempt import TaskInfo
 from .direct import DirectConnection
+from .limits import ClaimLimit
 from .models import TaskEventKind
 
 Query = TypeVar("Query")
@@ -89,6 +90,11 @@ class Dialect(Protocol):
     def claim(self, writer: TaskWriter, worker_id: str, limit: int, types: list[str], token: str,
               direct: DirectConnection | None) -> Sequence[Any]:
         """Move up to ``limit`` due tasks to PROCESSING under ``token`` with their CLAIMED events."""
+
+    def claim_limited(self, writer: TaskWriter, worker_id: str, limit: int, types: list[str],
+                      limited: Sequence[ClaimLimit], token: str, direct: DirectConnection | None
+                      ) -> Sequence[Any]:
+        """``claim`` where some of ``types`` have limits (``limited``): tasks over a limit are skipped."""
 
     def succeed(self, writer: TaskWriter, successes: Sequence[Success], worker_id: str | None
                 ) -> tuple[set[tuple[int, str]], set[tuple[int, str]]]:

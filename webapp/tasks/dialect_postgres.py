@@ -35,6 +35,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from .dialect import Success, TaskWriter
 from .direct import DirectConnection, pyformat
 from .fencing import stored_result
+from .limits import ClaimLimit
 from .models import AsyncTask, TaskEventKind, UTCDateTime, utcnow
 
 Query = TypeVar("Query")
@@ -49,17 +50,9 @@ CLOCK_SQL = text("SELECT clock_timestamp()")
 # See ``claim``: keeps the claim on the ordered index scan whatever the statistics say.
 NO_SORT_SQL = text("SET LOCAL enable_sort = off")
 
-# The claim, one round trip: pick due rows in claim order skipping rows other consumers hold
-# (SKIP LOCKED), stamp the lease on them, and write their CLAIMED events.
-CLAIM_SQL = """
-WITH due AS (
-    SELECT id FROM async_task
-    WHERE status IN ('PENDING', 'RETRYING') AND next_run_at <= statement_timestamp()
-      AND task_type = ANY(CAST(:types AS varchar[]))
-    ORDER BY priority DESC, next_run_at, id
-    LIMIT :limit
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
+# Stamping the chosen rows (the CTE ``due``) with the lease and writing their CLAIMED events:
+# the common tail of ``CLAIM_SQL`` and ``CLAIM_LIMITED_SQL``.
+CLAIM_STAMP_SQL = """claimed AS (
     UPDATE async_task AS t
     SET status = 'PROCESSING', claim_token = :token, worker_id = :worker,
         started_at = statement_timestamp(), updated_at = statement_timestamp(),
@@ -71,11 +64,110 @@ WITH due AS (
 ), events AS (
     INSERT INTO task_event (task_id, at, kind, to_status, attempt, worker_id)
     SELECT id, statement_timestamp(), 'CLAIMED', 'PROCESSING', attempts, :worker FROM claimed
-)
+)"""
+# The claim, one round trip: pick due rows in claim order skipping rows other consumers hold
+# (SKIP LOCKED), stamp the lease on them, and write their CLAIMED events.
+CLAIM_SQL = """
+WITH due AS (
+    SELECT id FROM async_task
+    WHERE status IN ('PENDING', 'RETRYING') AND next_run_at <= statement_timestamp()
+      AND task_type = ANY(CAST(:types AS varchar[]))
+    ORDER BY priority DESC, next_run_at, id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+), """ + CLAIM_STAMP_SQL + """
 SELECT * FROM claimed
 """
 CLAIM_SQL_POSTGRES = text(CLAIM_SQL).columns(created_at=UTCDateTime())
 CLAIM_SQL_DIRECT = pyformat(CLAIM_SQL)
+
+# -- the claim of limited task types (flow control, see ``limits.py``) -----------------------
+# Types with a concurrency or rate limit are claimed under a transaction-scoped advisory lock
+# per type, taken (in name order, so two claimers never deadlock) only for types that have due
+# work: claims of the same limited type queue up for a few milliseconds, everything else still
+# takes CLAIM_SQL with no lock. The claim statement then runs on a snapshot taken after the
+# lock, so it sees every claim committed before it and counts cannot go stale.
+LIMITED_DUE_SQL = """
+SELECT l.task_type FROM unnest(CAST(:types AS varchar[])) AS l(task_type)
+WHERE EXISTS (SELECT 1 FROM async_task AS t WHERE t.task_type = l.task_type
+              AND t.status IN ('PENDING', 'RETRYING') AND t.next_run_at <= statement_timestamp())
+ORDER BY l.task_type
+"""
+LIMITED_DUE_SQL_DIRECT = pyformat(LIMITED_DUE_SQL)
+# ``enable_sort = off`` (see ``claim``) prices the window functions' small sorts at 10^10, which
+# would make PostgreSQL JIT-compile the statement on every claim (seconds): no JIT here.
+NO_JIT_SQL = text("SET LOCAL jit = off")
+LIMIT_GATE_SQL = text(
+    "SELECT g.task_type, pg_advisory_xact_lock(hashtext('taskdeck.limit'), hashtext(g.task_type))"
+    " FROM (SELECT unnest(CAST(:types AS varchar[])) AS task_type ORDER BY 1) AS g")
+
+# One statement for the batch: the tasks a limit holds back are skipped, not claimed and handed
+# back. ``running`` counts PROCESSING tasks per (type, key); ``recent`` counts starts in each
+# rate window (``task_limit_start``); keys at their limit are filtered out while walking the
+# due index (so a saturated key's backlog never fills the scan), and among the rest a task may
+# start if the running (started) count plus its rank within its key stays within the limit.
+# Ranks count every higher task of the key whether or not it is claimed: never too many.
+CLAIM_LIMITED_SQL = text("""
+WITH lim AS (
+    SELECT * FROM unnest(CAST(:l_types AS varchar[]), CAST(:l_concurrency AS integer[]),
+                         CAST(:l_concurrency_key AS text[]), CAST(:l_rate_count AS integer[]),
+                         CAST(:l_rate_per AS float8[]), CAST(:l_rate_key AS text[]))
+        AS l(task_type, concurrency, concurrency_key, rate_count, rate_per, rate_key)
+), running AS (
+    SELECT t.task_type, left(COALESCE(t.payload ->> l.concurrency_key, ''), 200) AS ckey, count(*) AS n
+    FROM lim AS l JOIN async_task AS t ON t.task_type = l.task_type AND t.status = 'PROCESSING'
+    WHERE l.concurrency IS NOT NULL
+    GROUP BY 1, 2
+), recent AS (
+    SELECT s.task_type, s.rate_key AS rkey, count(*) AS n
+    FROM lim AS l JOIN task_limit_start AS s ON s.task_type = l.task_type
+         AND s.started_at > statement_timestamp() - make_interval(secs => l.rate_per)
+    WHERE l.rate_count IS NOT NULL
+    GROUP BY 1, 2
+), candidates AS (
+    SELECT t.id, t.task_type, t.priority, t.next_run_at, k.ckey, k.rkey, l.concurrency, l.rate_count
+    FROM async_task AS t
+    LEFT JOIN lim AS l ON l.task_type = t.task_type
+    CROSS JOIN LATERAL (SELECT
+        left(COALESCE(t.payload ->> l.concurrency_key, ''), 200) AS ckey,
+        left(COALESCE(t.payload ->> l.rate_key, ''), 200) AS rkey) AS k
+    WHERE t.status IN ('PENDING', 'RETRYING') AND t.next_run_at <= statement_timestamp()
+      AND t.task_type = ANY(CAST(:types AS varchar[]))
+      AND NOT EXISTS (SELECT 1 FROM running AS r
+                      WHERE r.task_type = t.task_type AND r.ckey = k.ckey AND r.n >= l.concurrency)
+      AND NOT EXISTS (SELECT 1 FROM recent AS w
+                      WHERE w.task_type = t.task_type AND w.rkey = k.rkey AND w.n >= l.rate_count)
+    ORDER BY t.priority DESC, t.next_run_at, t.id
+    LIMIT :scan
+), allowed AS (
+    SELECT c.id, c.task_type, c.rkey, c.rate_count FROM (
+        SELECT c.*,
+               row_number() OVER (PARTITION BY c.task_type, c.ckey
+                                  ORDER BY c.priority DESC, c.next_run_at, c.id) AS crank,
+               row_number() OVER (PARTITION BY c.task_type, c.rkey
+                                  ORDER BY c.priority DESC, c.next_run_at, c.id) AS rrank
+        FROM candidates AS c) AS c
+    LEFT JOIN running AS r ON r.task_type = c.task_type AND r.ckey = c.ckey
+    LEFT JOIN recent AS w ON w.task_type = c.task_type AND w.rkey = c.rkey
+    WHERE (c.concurrency IS NULL OR COALESCE(r.n, 0) + c.crank <= c.concurrency)
+      AND (c.rate_count IS NULL OR COALESCE(w.n, 0) + c.rrank <= c.rate_count)
+    ORDER BY c.priority DESC, c.next_run_at, c.id
+    LIMIT :limit
+), due AS (
+    SELECT t.id FROM async_task AS t
+    WHERE t.id IN (SELECT id FROM allowed) AND t.status IN ('PENDING', 'RETRYING')
+    FOR UPDATE SKIP LOCKED
+), """ + CLAIM_STAMP_SQL + """, starts AS (
+    INSERT INTO task_limit_start (task_type, rate_key, started_at)
+    SELECT a.task_type, a.rkey, statement_timestamp()
+    FROM allowed AS a JOIN claimed AS c ON c.id = a.id WHERE a.rate_count IS NOT NULL
+), pruned AS (
+    DELETE FROM task_limit_start AS s USING lim AS l
+    WHERE s.task_type = l.task_type AND l.rate_per IS NOT NULL
+      AND s.started_at < statement_timestamp() - make_interval(secs => l.rate_per)
+)
+SELECT * FROM claimed
+""").columns(created_at=UTCDateTime())
 
 # Many successes in one round trip: fenced by each attempt's claim token, events included.
 SUCCEED_SQL = """
@@ -272,6 +364,36 @@ class PostgresDialect:
                     for row in direct.execute(CLAIM_SQL_DIRECT, params)]
         writer.session.execute(NO_SORT_SQL)
         return writer.session.execute(CLAIM_SQL_POSTGRES, params).all()
+
+    def claim_limited(self, writer: TaskWriter, worker_id: str, limit: int, types: list[str],
+                      limited: Sequence[ClaimLimit], token: str, direct: DirectConnection | None
+                      ) -> Sequence[Any]:
+        """A claim where some of ``types`` have limits: ``CLAIM_LIMITED_SQL`` under their locks.
+
+        Limited types with nothing due are left out (one cheap look, on the direct connection
+        when there is one); if none has due work, the others take the plain ``claim``.
+        """
+        by_type = {item.task_type: item for item in limited}
+        free = [t for t in types if t not in by_type]
+        look = {"types": sorted(by_type)}
+        due_types = ([row.task_type for row in direct.execute(LIMITED_DUE_SQL_DIRECT, look)] if direct is not None
+                     else list(writer.session.execute(text(LIMITED_DUE_SQL), look).scalars()))
+        if not due_types:
+            writer.session.rollback()
+            return self.claim(writer, worker_id, limit, free, token, direct) if free else []
+        session = writer.session
+        session.execute(NO_SORT_SQL)
+        session.execute(NO_JIT_SQL)
+        session.execute(LIMIT_GATE_SQL, {"types": due_types}).all()
+        gated = [by_type[t] for t in due_types]
+        params: dict[str, Any] = {
+            "types": free + due_types, "limit": limit, "scan": max(200, 20 * limit), "token": token,
+            "worker": worker_id, "l_types": [g.task_type for g in gated],
+            "l_concurrency": [g.concurrency for g in gated],
+            "l_concurrency_key": [g.concurrency_key for g in gated],
+            "l_rate_count": [g.rate_count for g in gated], "l_rate_per": [g.rate_per for g in gated],
+            "l_rate_key": [g.rate_key for g in gated]}
+        return session.execute(CLAIM_LIMITED_SQL, params).all()
 
     def succeed(self, writer: TaskWriter, successes: Sequence[Success], worker_id: str | None
                 ) -> tuple[set[tuple[int, str]], set[tuple[int, str]]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import and_, delete, exists, or_, select, update
 
+from ..workflows.resolution import changes_of, members_changed
 from .attempt import TaskInfo
 from .errors import ValidationError
 from .fencing import LEASED, fenced_update
@@ -116,6 +117,7 @@ class Maintenance(TaskStore):
                    AsyncTask.priority, AsyncTask.created_at, AsyncTask.notify_url)
             .where(orphaned), of=AsyncTask)
         recovered: list[int] = []
+        given_up: list[Any] = []  # rows of a workflow's tasks that recovery gave up on
         events = []
         limit_time = self.db_now() - timedelta(seconds=max_processing_time)
         for c in self.session.execute(orphans).all():
@@ -135,11 +137,14 @@ class Maintenance(TaskStore):
                 values.update(status=TaskStatus.PENDING.value, next_run_at=self.now(), started_at=None)
                 event = self.transition_event("recover", c.id, message=why, **attempt)
             changed = self.session.execute(
-                fenced_update(c.id, c.claim_token).values(**values).returning(AsyncTask.id)).first()
+                fenced_update(c.id, c.claim_token).values(**values)
+                .returning(AsyncTask.id, AsyncTask.workflow_id, AsyncTask.workflow_key)).first()
             if changed is None:
                 continue
             recovered.append(c.id)
             events.append(event)
+            if give_up and changed.workflow_id is not None:
+                given_up.append(changed)
             if give_up:
                 failed_info = TaskInfo(id=c.id, task_type=c.task_type, payload=c.payload,
                                        priority=c.priority, retry_count=c.retry_count,
@@ -149,6 +154,7 @@ class Maintenance(TaskStore):
                 notify_task_ended(self, failed_info, TaskStatus.FAILURE.value,
                                   TaskResult.failure(values["error"], retryable=False))
         self.write_events(events)
+        members_changed(self, changes_of(given_up, None, TaskStatus.FAILURE.value))
         if recovered and before_commit is not None:
             # e.g. drop the dead attempts' Redis locks before anyone can claim the tasks again
             before_commit(recovered)

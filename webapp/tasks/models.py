@@ -69,6 +69,9 @@ class TaskStatus(enum.StrEnum):
     FAILURE = "FAILURE"
     RETRYING = "RETRYING"
     CANCELLED = "CANCELLED"
+    # A workflow's task whose parents have not all succeeded yet: no claim takes it
+    # (not to be confused with WAITING_STATUSES below, the queued ones a claim may take).
+    WAITING = "WAITING"
 
 
 WAITING_STATUSES = (TaskStatus.PENDING.value, TaskStatus.RETRYING.value)
@@ -114,6 +117,13 @@ class AsyncTask(db.Model):  # type: ignore[name-defined,misc]
     # Who submitted it: ``token:<name>``, ``user:<name>`` or ``cli`` (None: Python code in-process).
     # An API token whose reach is its own tasks sees only rows with its principal (migration 0006).
     principal: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+    # Workflows (migration 0010): the workflow a task belongs to, its key there, and how many of
+    # its parents have not succeeded yet (a WAITING task becomes PENDING when this reaches 0).
+    # (``workflow.id``; no foreign key, which would rebuild this table on SQLite.)
+    workflow_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    workflow_key: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    pending_parents: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
 
     # Loaded only by the list query (``queries.list_task_previews``): the first characters of
     # the payload's, the result's and the error's text, so a page of a list never carries whole
@@ -166,6 +176,10 @@ class AsyncTask(db.Model):  # type: ignore[name-defined,misc]
         Index("ix_async_task_created_at", "created_at"),
         Index("ix_async_task_finished_at", "finished_at"),
         UniqueConstraint("idempotency_scope", "idempotency_key", name="uq_async_task_idempotency"),
+        # A workflow's tasks by key (one task a key, callbacks included); partial, so tasks
+        # outside a workflow add nothing to it (migration 0010).
+        Index("uq_async_task_workflow_key", "workflow_id", "workflow_key", unique=True,
+              postgresql_where=text("workflow_id IS NOT NULL"), sqlite_where=text("workflow_id IS NOT NULL")),
     )
 
     def __repr__(self) -> str:
@@ -188,6 +202,7 @@ class TaskEventKind(enum.StrEnum):
     CANCEL_REQUESTED = "CANCEL_REQUESTED"
     CANCEL_TOO_LATE = "CANCEL_TOO_LATE"
     RESUBMITTED = "RESUBMITTED"
+    UNBLOCKED = "UNBLOCKED"  # a workflow's waiting task whose last parent succeeded
 
 
 class TaskEvent(db.Model):  # type: ignore[name-defined,misc]

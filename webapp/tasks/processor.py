@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .attempt import TaskInfo
+from .limits import TaskLimits
 from .progress import current_context
 
 __all__ = ["NotificationRequest", "NotificationType", "RetryConfig", "RetryStrategy", "TaskInfo",
@@ -154,6 +155,10 @@ class TaskProcessor:
 
     def get_priority(self, payload: Any) -> int | None:
         return None
+
+    def get_limits(self) -> TaskLimits:
+        """Flow control of this task type (concurrency, rate, unique, time limits); none by default."""
+        return TaskLimits()
 
     def should_notify_on_success(self) -> bool:
         """Default True: the creator hears about the outcome (a mail when created_by is an address)."""

@@ -12,6 +12,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from .errors import InvalidPayload, RegistryError
+from .limits import TaskLimits, checked_limits
 from .processor import TaskProcessor
 
 ENTRY_POINT_GROUP = "webapp.task_processors"
@@ -22,6 +23,7 @@ class ProcessorRegistry:
 
     def __init__(self) -> None:
         self._processors: dict[str, TaskProcessor] = {}
+        self._limits: dict[str, TaskLimits] = {}
 
     def register(self, processor: TaskProcessor) -> None:
         if not isinstance(processor, TaskProcessor):
@@ -39,10 +41,19 @@ class ProcessorRegistry:
                 f"{_qualname(type(existing))} and {_qualname(type(processor))}"
             )
         processor.get_retry_config()  # a broken retry config fails here, at start-up
+        try:  # so do limits: a zero limit, a key that is no payload field, soft above hard
+            limits = checked_limits(task_type, processor.get_limits(), processor.payload_type)
+        except ValueError as exc:
+            raise RegistryError(f"{task_type}: get_limits(): {exc}") from exc
         self._processors[task_type] = processor
+        self._limits[task_type] = limits
 
     def get(self, task_type: str) -> TaskProcessor | None:
         return self._processors.get(task_type)
+
+    def limits_of(self, task_type: str) -> TaskLimits:
+        """The limits the processor of ``task_type`` declared (checked at registration)."""
+        return self._limits.get(task_type) or TaskLimits()
 
     def task_types(self) -> list[str]:
         return sorted(self._processors)

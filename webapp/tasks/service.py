@@ -24,6 +24,9 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from ..workflows.actions import WorkflowActions
+from ..workflows.resolution import workflow_summary
+from ..workflows.submit import SubmittedWorkflow, WorkflowSubmitter
 from .actions import OperatorActions
 from .dialect_postgres import WAKE_CHANNEL
 from .direct import DirectConnection
@@ -87,6 +90,27 @@ class AsyncTaskService(TaskStore):
         """Queue many tasks in one transaction; if any item is invalid, none is written."""
         return self.part(Submitter).submit_many(items, idempotency_scope=idempotency_scope, commit=commit,
                                                 principal=principal)
+
+    # -- workflows (docs/workflows.md) -------------------------------------------------------
+
+    def submit_workflow(self, tasks: Any, name: str | None = None, on_failure: str = "cancel_dependents",
+                        callbacks: dict[str, Any] | None = None, *, principal: str | None = None,
+                        created_by: str | None = None) -> SubmittedWorkflow:
+        """Queue tasks that wait for each other (``after``) in one transaction; invalid input writes nothing."""
+        return self.part(WorkflowSubmitter).submit_workflow(tasks, name, on_failure, callbacks, principal=principal,
+                                                            created_by=created_by)
+
+    def cancel_workflow(self, workflow_id: Any, actor: str | None = None) -> int:
+        """Cancel every task of a workflow that has not started; how many were cancelled."""
+        return self.part(WorkflowActions).cancel_workflow(workflow_id, actor)
+
+    def retry_workflow(self, workflow_id: Any, actor: str | None = None) -> int:
+        """Retry a failed (or cancelled) workflow's failed and cancelled tasks; how many came back."""
+        return self.part(WorkflowActions).retry_workflow(workflow_id, actor)
+
+    def workflow_summary(self, workflow_id: int) -> dict[str, Any]:
+        """A workflow's counts, failed keys and results by key (what its callbacks receive)."""
+        return workflow_summary(self, workflow_id)
 
     # -- read --------------------------------------------------------------------------------
 

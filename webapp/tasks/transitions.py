@@ -21,6 +21,7 @@ from .models import TaskEventKind, TaskStatus
 PENDING, PROCESSING = TaskStatus.PENDING.value, TaskStatus.PROCESSING.value
 RETRYING, SUCCESS = TaskStatus.RETRYING.value, TaskStatus.SUCCESS.value
 FAILURE, CANCELLED = TaskStatus.FAILURE.value, TaskStatus.CANCELLED.value
+WAITING = TaskStatus.WAITING.value
 
 
 class Actor(enum.StrEnum):
@@ -30,6 +31,7 @@ class Actor(enum.StrEnum):
     OPERATOR = "operator"  # a person in the console, or an API/CLI call acting as one
     CONSUMER = "consumer"  # the worker holding the attempt's lease (fenced by its claim token)
     RECOVERY = "recovery"  # the recovery sweep, for attempts whose worker is gone
+    WORKFLOW = "workflow"  # a workflow's resolution, in the transaction that ended a parent
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,14 @@ TRANSITIONS: dict[str, Transition] = {t.name: t for t in (
     Transition("retry", (FAILURE,), PENDING, TaskEventKind.RETRIED, Actor.OPERATOR, "retry", "retried"),
     Transition("resubmit", (FAILURE, CANCELLED), None, TaskEventKind.RESUBMITTED, Actor.OPERATOR,
                "edit and retry", "resubmitted"),
+    # Workflows (docs/workflows.md): a task with parents is submitted WAITING and no claim takes it.
+    Transition("submit_waiting", (), WAITING, TaskEventKind.SUBMITTED, Actor.SUBMITTER, "submit", "submitted"),
+    Transition("unblock", (WAITING,), PENDING, TaskEventKind.UNBLOCKED, Actor.WORKFLOW,
+               "unblock", "unblocked"),
+    Transition("cancel_dependent", (WAITING,), CANCELLED, TaskEventKind.CANCELLED, Actor.WORKFLOW,
+               "cancel", "cancelled"),
+    Transition("revive", (CANCELLED,), WAITING, TaskEventKind.RETRIED, Actor.OPERATOR,
+               "retry", "retried with its workflow"),
 )}
 
 

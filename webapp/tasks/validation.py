@@ -159,6 +159,9 @@ def task_row(processor_for: Callable[[str], TaskProcessor], clock: Callable[[], 
         "progress": None,
         "progress_message": None,
         "cancel_requested_at": None,
+        "workflow_id": None,
+        "workflow_key": None,
+        "pending_parents": 0,
     }
 
 

@@ -1,0 +1,65 @@
+"""Processors with limits (loaded with ASYNC_TASK_PROCESSORS=tests.processors,tests.limit_processors)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from webapp.tasks import RateLimit, TaskInfo, TaskLimits, TaskProcessor, TaskResult
+
+
+@dataclass
+class CustomerPayload:
+    customer_id: int
+    seconds: float = 0.0
+
+
+class PerCustomerProcessor(TaskProcessor):
+    """At most two of one customer at once."""
+
+    task_type = "PER_CUSTOMER"
+    payload_type = CustomerPayload
+
+    def process(self, task: TaskInfo, payload: CustomerPayload) -> TaskResult:
+        time.sleep(payload.seconds)
+        return TaskResult.success({"customer": payload.customer_id})
+
+    def get_limits(self) -> TaskLimits:
+        return TaskLimits(concurrency=2, concurrency_key="customer_id")
+
+
+class OneAtATimeProcessor(TaskProcessor):
+    """One at a time for the whole type."""
+
+    task_type = "ONE_AT_A_TIME"
+
+    def process(self, task: TaskInfo, payload: dict) -> TaskResult:
+        time.sleep(float(payload.get("seconds", 0)))
+        return TaskResult.success({})
+
+    def get_limits(self) -> TaskLimits:
+        return TaskLimits(concurrency=1)
+
+
+class RatedProcessor(TaskProcessor):
+    """Three starts a second for the whole type."""
+
+    task_type = "RATED"
+
+    def process(self, task: TaskInfo, payload: dict) -> TaskResult:
+        return TaskResult.success({})
+
+    def get_limits(self) -> TaskLimits:
+        return TaskLimits(rate=RateLimit(3, 1.0))
+
+
+class RatedPerTenantProcessor(TaskProcessor):
+    """Two starts per 30 s per tenant (a window no test outlives)."""
+
+    task_type = "RATED_PER_TENANT"
+
+    def process(self, task: TaskInfo, payload: dict) -> TaskResult:
+        return TaskResult.success({})
+
+    def get_limits(self) -> TaskLimits:
+        return TaskLimits(rate=RateLimit(2, 30), rate_key="tenant")
