@@ -62,6 +62,17 @@ def read_outcome(app: Flask, run_dir: Path) -> Outcome:
     return Outcome(tasks, dict(events), dict(notes), committed_runs(app), starts)
 
 
+def last_to_end(outcome: Outcome) -> str:
+    """The task that finished last and its timeline (seconds after its submit): why the drain took
+    as long as it did."""
+    task = max(outcome.tasks.values(), key=lambda t: (t.finished_at is not None, t.finished_at or t.created_at))
+    events = outcome.events.get(task.id, [])
+    start = events[0].at if events else task.created_at
+    return f"task {task.id}: " + ", ".join(f"{event.kind} {(event.at - start).total_seconds():.1f}s"
+                                           + (f" ({event.message[:60]})" if event.message else "")
+                                           for event in events)
+
+
 def unfinished_count(app: Flask) -> int:
     """Tasks not yet in a terminal status."""
     return sum(n for status, n in status_counts(app).items() if status not in TERMINAL)
