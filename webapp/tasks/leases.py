@@ -22,6 +22,7 @@ from .dialect_postgres import succeed_directly
 from .direct import DirectConnection
 from .fencing import LEASED, attempt_key, fenced_update, stored_result
 from .limits import ClaimLimit
+from .limits import ClaimLimit
 from .models import AsyncTask, TaskEvent, TaskEventKind, TaskStatus
 from .notifying import notification_may_be_needed, notify_task_ended
 from .processor import TaskResult
@@ -86,6 +87,10 @@ class Leases(TaskStore):
         if limited:  # only then: a claim of types without limits pays nothing for the feature
             rows = self.dialect.claim_limited(self, worker_id, limit, types, limited, uuid.uuid4().hex, direct)
         else:
+            limited = self.claim_limits(types)
+        if limited:  # only then: a claim of types without limits pays nothing for the feature
+            rows = self.dialect.claim_limited(self, worker_id, limit, types, limited, uuid.uuid4().hex, direct)
+        else:
             rows = self.dialect.claim(self, worker_id, limit, types, uuid.uuid4().hex, direct)
         claimed = [
             TaskInfo(id=r.id, task_type=r.task_type, payload=r.payload, priority=r.priority,
@@ -99,6 +104,11 @@ class Leases(TaskStore):
         claimed.sort(key=lambda t: (-t.priority, t.id))
         self.session.commit()
         return claimed
+
+    def claim_limits(self, types: Sequence[str]) -> list[ClaimLimit]:
+        """The concurrency and rate limits the claim must hold for ``types`` (types without any are left out)."""
+        limits = ((task_type, self.registry.limits_of(task_type)) for task_type in types)
+        return [ClaimLimit.of(task_type, found) for task_type, found in limits if found.limits_claims]
 
     def claim_limits(self, types: Sequence[str]) -> list[ClaimLimit]:
         """The concurrency and rate limits the claim must hold for ``types`` (types without any are left out)."""
