@@ -13,13 +13,19 @@ from flask import Flask
 from sqlalchemy.engine import make_url
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from . import models  # noqa: F401  (every table registered before migrations run)
+from .api import bp as api_bp
+from .cli import register_cli
 from .config import ConfigError, load_settings
+from .console import init_console
 from .dbliveness import SUPPORTED as LIVENESS_CHECK_SUPPORTED
 from .dbliveness import install_liveness_check
 from .extensions import csrf, db, mail, migrate
+from .health import bp as health_bp
 from .logging_setup import configure_logging
 from .schedules.setup import init_schedules
 from .startup_checks import refuse_weak_secret_key, running_flask_command
+from .tasks.engine import init_engine
 from .teardown_guard import guard_teardowns
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -65,14 +71,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     mail.init_app(app)
     csrf.init_app(app)
 
-    from . import models  # noqa: F401  (every table registered before migrations run)
-    from .tasks.engine import init_engine
-
     init_engine(app)
 
     init_schedules(app)  # recurring schedules: declared ones checked now, the job, `flask schedules`
-
-    from .cli import register_cli
 
     register_cli(app)
     _register_blueprints(app)
@@ -81,22 +82,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from .health import bp as health_bp
-
     app.register_blueprint(health_bp)
-    # The API and the console are optional layers over the engine: an app without them still runs.
-    try:
-        from .api import bp as api_bp
-    except ImportError:
-        pass
-    else:
-        app.register_blueprint(api_bp)
-    try:
-        from .console import init_console
-    except ImportError:
-        pass
-    else:
-        init_console(app)
+    app.register_blueprint(api_bp)
+    init_console(app)
 
 
 def _asset_dir(name: str) -> Path:

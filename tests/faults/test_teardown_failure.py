@@ -16,7 +16,6 @@ import psycopg
 from flask import Flask, request
 from sqlalchemy import text
 
-from tests.conftest import PG_ADMIN_URL
 from webapp.accounts.tokens import create_token
 from webapp.extensions import db
 from webapp.tasks.models import AsyncTask, utcnow
@@ -53,7 +52,7 @@ def _task(app: Flask) -> int:
 def test_a_killed_connection_at_teardown_leaves_the_answer_as_it_was(make_app: Callable[..., Flask]) -> None:
     app = make_app("postgres", PROPAGATE_EXCEPTIONS=False)
     with app.app_context():
-        token = create_token("teardown-probe")[1]
+        token = create_token("teardown-probe", reach="all")[1]
     task_id = _task(app)
     killed = _kill_the_session_after_answering(app, app.config["SQLALCHEMY_DATABASE_URI"])
     client = app.test_client()

@@ -82,7 +82,7 @@ class Probe:
     @property
     def area(self) -> str:
         """``api``, ``health``, ``static`` or ``console`` (every other blueprint is console)."""
-        blueprint = self.endpoint.rpartition(".")[0] or self.endpoint
+        blueprint = (self.endpoint.rpartition(".")[0] or self.endpoint).split(".")[0]  # api.schedules: api
         return blueprint if blueprint in ("api", "health", "static") else "console"
 
     @property

@@ -200,3 +200,34 @@ def test_a_restricted_token_may_only_name_allowed_recipients(app: Flask) -> None
     # Unrestricted tokens are unchanged.
     assert _client(app, "free").call("POST", "/api/tasks", {"task_type": "NOOP", "payload": {},
                                                             "created_by": "any@where.example"}).status_code == 202
+
+
+def test_notifications_past_a_tokens_hourly_limit_are_skipped_with_the_reason(make_app: Callable[..., Flask]) -> None:
+    from tests.conftest import wait_until
+    from webapp.tasks.consumer import Consumer
+    from webapp.tasks.models import Notification
+
+    app = make_app("sqlite")
+    limited = _client(app, "newsletter", notifications_per_hour=2)
+    free = _client(app, "free")
+    ids = [limited.call("POST", "/api/tasks", {"task_type": "NOOP", "payload": {},
+                                               "created_by": f"user{i}@example.com"}).get_json()["id"]
+           for i in range(4)]
+    other = free.call("POST", "/api/tasks", {"task_type": "NOOP", "payload": {},
+                                             "created_by": "someone@example.com"}).get_json()["id"]
+    consumer = Consumer(app, concurrency=1).start()  # one at a time: the limit is exact then
+    try:
+        def notified() -> list[Notification]:
+            with app.app_context():
+                rows = list(db.session.scalars(select(Notification).order_by(Notification.task_id)))
+                db.session.remove()
+                return rows if len(rows) == 5 else []
+        rows = wait_until(notified, timeout=30, message="five notifications written")
+    finally:
+        consumer.stop(grace=2)
+    by_task = {row.task_id: row for row in rows}
+    skipped = [task_id for task_id in ids if by_task[task_id].status == "SKIPPED"]
+    assert len(skipped) == 2, [(row.task_id, row.status, row.last_error) for row in rows]
+    for task_id in skipped:
+        assert "token 'newsletter' may send 2 notification(s) per hour" in (by_task[task_id].last_error or "")
+    assert by_task[other].status != "SKIPPED"  # another token's tasks are not counted

@@ -15,8 +15,8 @@ from ..tasks.models import AsyncTask
 from ..tasks.queries import LIST_ERROR_CHARS, LIST_PREVIEW_CHARS
 from ..tasks.serialize import task_preview_to_dict, task_to_dict
 from ..tasks.service import AsyncTaskService
-from . import bp
 from .auth import api_actor, current_token, optional_token
+from .blueprint import bp
 from .openapi import build_openapi
 from .parsing import check_fields, encode_cursor, parse_list_query, read_json_object
 

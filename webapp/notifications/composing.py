@@ -26,6 +26,7 @@ from ..tasks.serialize import task_to_dict
 from ..tasks.wakeup import wake_after_commit
 from .addresses import MAX_RECIPIENT, is_email_address, validate_webhook_url
 from .outbox import dispatchers_in_process
+from .quota import quota_problem
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,15 @@ def _outbox_rows(session: Session, registry: ProcessorRegistry, task: TaskInfo, 
             body = body or json.dumps(task_to_dict(row), ensure_ascii=False, separators=(",", ":"))
             request = NotificationRequest(request.type, request.recipient, request.subject, body)
         rows.append(outbox_row(task.id, request, problem, max_attempts))
+    return _within_token_quota(session, row.principal, rows)
+
+
+def _within_token_quota(session: Session, principal: str | None, rows: list[Notification]) -> list[Notification]:
+    """Past its API token's hourly limit, a task's notifications are written SKIPPED with the reason."""
+    pending = [row for row in rows if row.status == NotificationStatus.PENDING.value]
+    problem = quota_problem(session, principal, len(pending), utcnow())
+    for row in pending if problem else ():
+        row.status, row.last_error = NotificationStatus.SKIPPED.value, problem
     return rows
 
 
