@@ -292,3 +292,17 @@ def test_declared_schedules_are_upserted_and_refuse_edits(make_app: Any, backend
         svc.set_enabled("from-config", False, actor="tester")  # pausing is allowed
         app.extensions["schedules"].sync()  # a restart keeps the pause
         assert svc.get("from-config").enabled is False
+
+
+def test_a_slot_whose_task_is_refused_records_why(ctx: Flask) -> None:
+    clock = Clock(T0)
+    new_schedule(clock, task_type="SLEEP", payload={"seconds": 1})
+    # The processor's payload type changed under a stored schedule (here: the row edited directly).
+    db.session.execute(text("UPDATE schedule SET payload = :payload"), {"payload": '{"seconds": "slow"}'})
+    db.session.commit()
+    clock.advance(10)
+    assert tick(ctx, clock) == 1
+    run = db.session.scalars(select(ScheduleRun)).one()
+    assert run.task_id is None and run.skip_reason is not None and "payload" in run.skip_reason
+    assert db.session.scalar(select(func.count()).select_from(AsyncTask)) == 0
+    assert db.session.scalar(select(Schedule.next_fire_at)) == T0 + timedelta(seconds=20)

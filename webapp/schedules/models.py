@@ -20,6 +20,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
 from ..tasks.models import BigId, JsonDoc, UTCDateTime, utcnow
+from .triggers import Recurrence
 
 
 class OverlapPolicy(enum.StrEnum):
@@ -96,6 +97,12 @@ class Schedule(db.Model):  # type: ignore[name-defined,misc]
         Index("ix_schedule_due", "next_fire_at",
               postgresql_where=text("enabled"), sqlite_where=text("enabled = 1")),
     )
+
+    def recurrence(self) -> Recurrence:
+        """Its fire times, from the timing fields alone (a task type unknown here still fires,
+        and its run record says why no task was created)."""
+        return Recurrence(cron=self.cron, interval_seconds=self.interval_seconds, timezone=self.timezone,
+                          anchor_at=self.start_at or self.anchor_at, start_at=self.start_at, end_at=self.end_at)
 
     @property
     def is_static(self) -> bool:

@@ -24,9 +24,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..extensions import db
+from ..tasks.errors import ValidationError
 from ..tasks.registry import ProcessorRegistry
 from .declarations import Declaration
-from .definition import FIELDS, validate_definition
 from .models import CatchUpPolicy, RunKind, Schedule
 from .service import ScheduleService
 from .slots import SlotWriter
@@ -46,12 +46,6 @@ class Step:
     next_fire: datetime | None = None
     skip_to: datetime | None = None
     skipped: bool = False
-
-
-def recurrence_of(schedule: Schedule, registry: ProcessorRegistry) -> Recurrence:
-    """The stored schedule's fire times."""
-    definition = validate_definition({key: getattr(schedule, key) for key in FIELDS}, registry)
-    return definition.recurrence(schedule.anchor_at)
 
 
 def plan_step(schedule: Schedule, recurrence: Recurrence, now: datetime, grace: timedelta,
@@ -86,11 +80,11 @@ def fire_due_schedules(session: Session, registry: ProcessorRegistry, *, grace: 
     session.rollback()
     written = 0
     for schedule_id in due_ids:
-        written += _fire_schedule(writer, registry, schedule_id, now, timedelta(seconds=grace), catch_up_limit)
+        written += _fire_schedule(writer, schedule_id, now, timedelta(seconds=grace), catch_up_limit)
     return written
 
 
-def _fire_schedule(writer: SlotWriter, registry: ProcessorRegistry, schedule_id: int, now: datetime,
+def _fire_schedule(writer: SlotWriter, schedule_id: int, now: datetime,
                    grace: timedelta, catch_up_limit: int) -> int:
     session = writer.session
     written = 0
@@ -104,11 +98,9 @@ def _fire_schedule(writer: SlotWriter, registry: ProcessorRegistry, schedule_id:
             session.rollback()
             break
         try:
-            recurrence = recurrence_of(schedule, registry)
-        except Exception:
-            # A definition this process cannot read (a task type its registry lacks): leave it
-            # to a process that can, and say why once a tick.
-            log.exception("schedule %s cannot be evaluated here", schedule.name)
+            recurrence = schedule.recurrence()
+        except ValidationError as exc:  # stored before a rule got stricter: say so, leave it be
+            log.warning("schedule %s cannot be evaluated: %s: %s", schedule.name, exc.field, exc.message)
             session.rollback()
             break
         step = plan_step(schedule, recurrence, now, grace, catch_up_limit)

@@ -201,8 +201,7 @@ class ScheduleService(SessionWriter):
             schedule.updated_at = now
             schedule.updated_by = actor
             if enabled:
-                definition = validate_definition({key: getattr(schedule, key) for key in FIELDS}, self.registry)
-                schedule.next_fire_at = definition.recurrence(schedule.anchor_at).next_after(now)
+                schedule.next_fire_at = schedule.recurrence().next_after(now)
         record_audit(actor, "schedule.resume" if enabled else "schedule.pause", "schedule", name,
                      session=self.session)
         self.session.commit()
@@ -239,8 +238,7 @@ class ScheduleService(SessionWriter):
         """The slots in ``[start, end]`` that have no run yet: what ``backfill`` would create."""
         schedule = self.get(name)
         begin, finish = self._backfill_range(start, end)
-        definition = validate_definition({key: getattr(schedule, key) for key in FIELDS}, self.registry)
-        recurrence = definition.recurrence(schedule.anchor_at)
+        recurrence = schedule.recurrence()
         slots = recurrence.fires(begin, finish, MAX_BACKFILL_SLOTS + 1)
         upper = recurrence.next_at_or_after(finish)
         if upper == finish and len(slots) <= MAX_BACKFILL_SLOTS:
