@@ -60,7 +60,8 @@ CLAIM_STAMP_SQL = """claimed AS (
     FROM due WHERE t.id = due.id
     RETURNING t.id, t.task_type, t.payload, t.priority, t.retry_count, t.max_retry_count,
               t.created_by, t.created_at, t.attempts, t.claim_token, t.retry_strategy,
-              t.retry_interval, t.retry_max_delay, t.retry_jitter, t.notify_url
+              t.retry_interval, t.retry_max_delay, t.retry_jitter, t.notify_url,
+              t.workflow_id, t.workflow_key
 ), events AS (
     INSERT INTO task_event (task_id, at, kind, to_status, attempt, worker_id)
     SELECT id, statement_timestamp(), 'CLAIMED', 'PROCESSING', attempts, :worker FROM claimed

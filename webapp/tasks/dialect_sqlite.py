@@ -45,6 +45,8 @@ CLAIM_RETURNING = (
     AsyncTask.retry_max_delay,
     AsyncTask.retry_jitter,
     AsyncTask.notify_url,
+    AsyncTask.workflow_id,
+    AsyncTask.workflow_key,
 )
 
 

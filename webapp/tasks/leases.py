@@ -17,11 +17,11 @@ from typing import Any
 
 from sqlalchemy import select
 
+from ..workflows.resolution import MemberChange, is_member, members_changed, with_workflow_inputs
 from .attempt import TaskInfo
 from .dialect_postgres import succeed_directly
 from .direct import DirectConnection
 from .fencing import LEASED, attempt_key, fenced_update, stored_result
-from .limits import ClaimLimit
 from .limits import ClaimLimit
 from .models import AsyncTask, TaskEvent, TaskEventKind, TaskStatus
 from .notifying import notification_may_be_needed, notify_task_ended
@@ -65,6 +65,8 @@ def clip(text: str) -> str:
 class Leases(TaskStore):
     """Claim, finish and release attempts."""
 
+    _made_work_due = False  # a finish released a workflow's waiting tasks: wake consumers at commit
+
     def claim_due_tasks(self, worker_id: str, limit: int, task_types: Sequence[str] | None = None,
                         direct: DirectConnection | None = None) -> list[TaskInfo]:
         """Atomically move up to ``limit`` due waiting tasks to PROCESSING for ``worker_id``.
@@ -87,10 +89,6 @@ class Leases(TaskStore):
         if limited:  # only then: a claim of types without limits pays nothing for the feature
             rows = self.dialect.claim_limited(self, worker_id, limit, types, limited, uuid.uuid4().hex, direct)
         else:
-            limited = self.claim_limits(types)
-        if limited:  # only then: a claim of types without limits pays nothing for the feature
-            rows = self.dialect.claim_limited(self, worker_id, limit, types, limited, uuid.uuid4().hex, direct)
-        else:
             rows = self.dialect.claim(self, worker_id, limit, types, uuid.uuid4().hex, direct)
         claimed = [
             TaskInfo(id=r.id, task_type=r.task_type, payload=r.payload, priority=r.priority,
@@ -98,17 +96,15 @@ class Leases(TaskStore):
                      created_by=r.created_by, created_at=r.created_at, attempt=r.attempts,
                      claim_token=r.claim_token, retry_strategy=r.retry_strategy,
                      retry_interval=r.retry_interval, retry_max_delay=r.retry_max_delay,
-                     retry_jitter=r.retry_jitter, notify_url=r.notify_url)
+                     retry_jitter=r.retry_jitter, notify_url=r.notify_url, workflow_id=r.workflow_id,
+                     workflow_key=r.workflow_key)
             for r in rows
         ]
         claimed.sort(key=lambda t: (-t.priority, t.id))
+        if any(task.workflow_id is not None for task in claimed):  # others pay nothing
+            claimed = with_workflow_inputs(self, claimed)
         self.session.commit()
         return claimed
-
-    def claim_limits(self, types: Sequence[str]) -> list[ClaimLimit]:
-        """The concurrency and rate limits the claim must hold for ``types`` (types without any are left out)."""
-        limits = ((task_type, self.registry.limits_of(task_type)) for task_type in types)
-        return [ClaimLimit.of(task_type, found) for task_type, found in limits if found.limits_claims]
 
     def claim_limits(self, types: Sequence[str]) -> list[ClaimLimit]:
         """The concurrency and rate limits the claim must hold for ``types`` (types without any are left out)."""
@@ -137,7 +133,7 @@ class Leases(TaskStore):
             self.session.rollback()
             self._record_late_result(task, result, worker_id)
             return FinishOutcome(None)
-        self.session.commit()
+        self._commit_finish()
         return outcome
 
     def finish_many(self, finished: Sequence[FinishedAttempt], *, worker_id: str | None = None,
@@ -151,7 +147,8 @@ class Leases(TaskStore):
         only) is a consumer's own autocommit connection for the all-successes batch.
         """
         if (direct is not None and all(f.result.success for f in finished)
-                and not any(notification_may_be_needed(self.registry, f.task) for f in finished)):
+                and not any(notification_may_be_needed(self.registry, f.task) for f in finished)
+                and not any(f.task.workflow_id is not None for f in finished)):
             return self._succeed_directly(finished, worker_id, direct)
         self.session.rollback()
         self.begin_write()
@@ -164,12 +161,14 @@ class Leases(TaskStore):
             if attempt_key(item.task) in won:
                 outcomes[attempt_key(item.task)] = FinishOutcome(TaskStatus.SUCCESS.value)
                 notify_task_ended(self, item.task, TaskStatus.SUCCESS.value, item.result)
+        self._resolve_workflows([item.task for item in successes if attempt_key(item.task) in won],
+                                TaskStatus.SUCCESS.value)
         for item in finished:
             if not item.result.success:
                 outcome = self._apply_outcome(item.task, item.result, worker_id, item.traceback)
                 if outcome is not None:
                     outcomes[attempt_key(item.task)] = outcome
-        self.session.commit()
+        self._commit_finish()
         for item in finished:
             if attempt_key(item.task) not in outcomes:
                 self._record_late_result(item.task, item.result, worker_id)
@@ -260,7 +259,27 @@ class Leases(TaskStore):
         self.write_events(events)
         if status in (TaskStatus.SUCCESS.value, TaskStatus.FAILURE.value):
             notify_task_ended(self, task, status, result)
+        self._resolve_workflows([task], status)
         return FinishOutcome(status, retry_delay)
+
+    def _resolve_workflows(self, tasks: Sequence[TaskInfo], status: str) -> None:
+        """A workflow's tasks that ended ``status``: release or cancel downstream, count, callbacks.
+
+        In the finishing transaction; tasks outside a workflow cost nothing. Work made due here
+        wakes consumers when the transaction commits (``_commit_finish``).
+        """
+        changes = [MemberChange(task.id, task.workflow_id, None, status) for task in tasks
+                   if task.workflow_id is not None and is_member(task.workflow_id, task.workflow_key)]
+        if changes and status != TaskStatus.RETRYING.value and members_changed(self, changes):
+            self.dialect.wake_consumers(self.session)
+            self._made_work_due = True
+
+    def _commit_finish(self) -> None:
+        """Commit a finish; consumers here are woken if it released a workflow's waiting tasks."""
+        self.session.commit()
+        if self._made_work_due:
+            self._made_work_due = False
+            self.announce_new_work()
 
     def _fenced_write(self, task: TaskInfo, values: dict[str, Any], *conditions: Any) -> Any:
         """UPDATE the task only while this attempt still holds its lease; the row or None."""
