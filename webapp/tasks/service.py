@@ -27,6 +27,7 @@ from typing import Any
 from ..workflows.actions import WorkflowActions
 from ..workflows.resolution import workflow_summary
 from ..workflows.submit import SubmittedWorkflow, WorkflowSubmitter
+from . import queries, stats
 from .actions import OperatorActions
 from .dialect_postgres import WAKE_CHANNEL
 from .direct import DirectConnection
@@ -35,14 +36,7 @@ from .maintenance import Maintenance
 from .models import TERMINAL_STATUSES, AsyncTask, TaskEvent, Worker
 from .processor import TaskInfo, TaskResult
 from .queries import ALL_TYPES, LIST_PREVIEW_CHARS, TaskFilter, TaskPage
-from .queries import events_for as _events_for
-from .queries import get_task as _get_task
 from .queries import list_task_previews as _list_task_previews
-from .queries import list_tasks as _list_tasks
-from .queries import paused_task_types as _paused_task_types
-from .queries import require_task as _require_task
-from .queries import workers as _workers
-from .stats import task_type_overview as _task_type_overview
 from .store import TaskStore, engine_state
 from .submit import SubmitOutcome, Submitter, TaskSnapshot
 from .validation import parse_time, validate_status, validate_task_id
@@ -116,11 +110,11 @@ class AsyncTaskService(TaskStore):
 
     def get_task(self, task_id: Any) -> AsyncTask | None:
         """The task with that id, or ``None``."""
-        return _get_task(self.session, task_id)
+        return queries.get_task(self.session, task_id)
 
     def require_task(self, task_id: Any) -> AsyncTask:
         """The task with that id; ``TaskNotFound`` otherwise."""
-        return _require_task(self.session, task_id)
+        return queries.require_task(self.session, task_id)
 
     def get_tasks_by_type(self, task_type: str, status: str | None = None, limit: int = 100,
                           before_id: int | None = None) -> list[AsyncTask]:
@@ -131,7 +125,7 @@ class AsyncTaskService(TaskStore):
     def list_tasks(self, filters: TaskFilter | None = None, limit: int = 50,
                    cursor: int | None = None) -> TaskPage:
         """A keyset page of tasks matching ``filters``, newest first, continuing below ``cursor``."""
-        return _list_tasks(self.session, filters, limit, cursor)
+        return queries.list_tasks(self.session, filters, limit, cursor)
 
     def list_task_previews(self, filters: TaskFilter | None = None, limit: int = 50, cursor: int | None = None,
                            preview_chars: int = LIST_PREVIEW_CHARS) -> TaskPage:
@@ -140,19 +134,19 @@ class AsyncTaskService(TaskStore):
 
     def events_for(self, task_id: int) -> list[TaskEvent]:
         """A task's timeline, oldest first."""
-        return _events_for(self.session, task_id)
+        return queries.events_for(self.session, task_id)
 
     def paused_task_types(self) -> list[str]:
         """Task types (or '*') whose claims are paused."""
-        return _paused_task_types(self.session)
+        return queries.paused_task_types(self.session)
 
     def workers(self, include_stopped: bool = False) -> list[Worker]:
         """Running workers, newest first (with ``include_stopped``, every worker ever seen)."""
-        return _workers(self.session, include_stopped)
+        return queries.workers(self.session, include_stopped)
 
     def task_type_overview(self) -> list[dict[str, Any]]:
         """Every registered task type with its retry policy, pause state and counts per status."""
-        return _task_type_overview(self.registry, self.session)
+        return stats.task_type_overview(self.registry, self.session)
 
     # -- operator transitions ----------------------------------------------------------------
 
