@@ -109,3 +109,14 @@ def test_a_bad_declaration_stops_start_up_naming_it(tmp_path: Path, declaration:
         create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/x.sqlite3",
                     "ASYNC_TASK_PROCESSORS": ["tests.processors"], "ASYNC_TASK_SCHEDULES": declaration})
     assert "ASYNC_TASK_SCHEDULES" in str(caught.value) and words in str(caught.value)
+
+
+def test_the_config_files_schedules_section_declares_schedules(tmp_path: Path) -> None:
+    config = tmp_path / "application.yml"
+    config.write_text("async-task:\n  consumer:\n    poll-interval: 2\n  schedules:\n"
+                      "    - {name: hourly-noop, task-type: NOOP, cron: '@hourly', time-zone: Asia/Shanghai}\n")
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/x.sqlite3",
+                      "ASYNC_TASK_PROCESSORS": ["tests.processors"], "ASYNC_TASK_CONFIG_FILE": str(config)})
+    declarations = app.extensions["schedules"].declarations
+    assert [(d.definition.name, d.definition.cron, d.definition.timezone, d.source) for d in declarations] == [
+        ("hourly-noop", "@hourly", "Asia/Shanghai", "config")]
