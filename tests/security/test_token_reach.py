@@ -231,3 +231,16 @@ def test_notifications_past_a_tokens_hourly_limit_are_skipped_with_the_reason(ma
     for task_id in skipped:
         assert "token 'newsletter' may send 2 notification(s) per hour" in (by_task[task_id].last_error or "")
     assert by_task[other].status != "SKIPPED"  # another token's tasks are not counted
+
+
+def test_the_console_shows_the_principal_and_the_tokens_permissions(app: Flask) -> None:
+    from tests.console_support import logged_in_client
+
+    alice = _client(app, "alice", scopes=["submit", "read"])
+    task_id = alice.call("POST", "/api/tasks", {"task_type": "NOOP", "payload": {},
+                                                "created_by": "someone@example.com"}).get_json()["id"]
+    admin, _ = logged_in_client(app, "admin", "root")
+    page = admin.get(f"/tasks/{task_id}").text
+    assert "token:alice" in page and "someone@example.com" in page  # fields and the SUBMITTED actor
+    tokens = admin.get("/admin/tokens").text
+    assert "submit,read" in tokens and "own tasks" in tokens
