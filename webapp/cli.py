@@ -15,6 +15,7 @@ from flask.cli import AppGroup
 from .tasks.errors import TaskError
 from .tasks.serialize import task_to_dict
 from .tasks.service import AsyncTaskService, TaskFilter, validate_status
+from .workflows.cli import workflows_cli
 
 tasks_cli = AppGroup("tasks", help="Submit, inspect and process tasks.")
 
@@ -162,6 +163,7 @@ def purge_command(finished_before: str, statuses: tuple[str, ...], batch_size: i
 def register_cli(app: Flask) -> None:
     """``flask tasks``, plus ``flask users`` and ``flask tokens`` from the console and the API."""
     app.cli.add_command(tasks_cli)
+    app.cli.add_command(workflows_cli)  # flask workflows … (docs/workflows.md)
     try:
         from .console.cli import users_cli
     except ImportError:

@@ -15,6 +15,7 @@ CHALLENGE = 'Bearer realm="api"'
 ENDPOINT_SCOPES = {
     "api.submit_task": "submit",
     "api.submit_task_batch": "submit",
+    "api.workflows.submit_workflow": "submit",
     "api.list_tasks": "read",
     "api.get_task": "read",
     "api.list_task_types": "read",

@@ -15,6 +15,7 @@ from typing import Any
 from ..tasks.models import TaskStatus
 from ..tasks.processor import RetryStrategy
 from ..tasks.registry import ProcessorRegistry
+from .openapi_workflows import workflow_paths, workflow_schemas
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MAX_TASK_ID = 2**63 - 1
@@ -375,6 +376,7 @@ def build_openapi(registry: ProcessorRegistry | None, max_body_bytes: int | None
                 },
             },
             **schedule_paths(),
+            **workflow_paths(),
             "/api/openapi.json": {
                 "get": {
                     "operationId": "getOpenApiDocument",
@@ -420,6 +422,7 @@ def build_openapi(registry: ProcessorRegistry | None, max_body_bytes: int | None
                     }}}},
                 "Error": error_schema(),
                 **schedule_schemas(),
+                **workflow_schemas(),
             },
         },
     }

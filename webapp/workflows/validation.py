@@ -100,6 +100,8 @@ def find_cycle(keys: list[str], parents: list[list[int]]) -> list[str]:
         node = next(p for p in parents[node] if p in remaining)
     loop = path[seen[node]:]
     loop.reverse()  # parent -> child order reads as "a -> b": b runs after a
+    first = loop.index(min(loop))  # start at the task given first, so the message is stable
+    loop = loop[first:] + loop[:first]
     return [keys[i] for i in loop] + [keys[loop[0]]]
 
 
