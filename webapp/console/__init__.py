@@ -14,9 +14,8 @@ from typing import Any
 from flask import Blueprint, Flask, Response
 
 from ..accounts.throttle import LoginThrottle
-from . import account, admin, auth, notifications, schedules, views
+from . import account, admin, auth, i18n, notifications, schedules, views
 from .formatting import register as register_formatting
-from .i18n import init_i18n
 from .sessions import current_user, load_current_user
 
 # Every console blueprint, registered in this order. A new page module adds its ``bp`` here.
@@ -27,6 +26,7 @@ CONSOLE_BLUEPRINTS: tuple[Blueprint, ...] = (
     schedules.bp,
     account.bp,
     admin.bp,
+    i18n.bp,
 )
 
 # No inline script or style anywhere: htmx and our own script are static files, and htmx's
@@ -61,7 +61,7 @@ def init_console(app: Flask) -> None:
     for blueprint in CONSOLE_BLUEPRINTS:
         app.register_blueprint(blueprint)
     register_formatting(app)
-    init_i18n(app)
+    i18n.init_i18n(app)
     app.before_request(load_current_user)
     app.before_request(auth.refuse_nul_characters)
     app.context_processor(permissions_context)

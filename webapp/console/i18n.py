@@ -129,10 +129,9 @@ def _template_context() -> dict[str, Any]:
 
 
 def init_i18n(app: Flask) -> None:
-    """Bind Flask-Babel (translations in ``webapp/translations``) and the language switch route."""
+    """Bind Flask-Babel (translations in ``webapp/translations``); the switch's ``bp`` is in CONSOLE_BLUEPRINTS."""
     babel.init_app(app, default_locale=DEFAULT_LANGUAGE, default_translation_directories=str(TRANSLATIONS),
                    locale_selector=select_language)
-    app.register_blueprint(bp)
     app.context_processor(_template_context)
     app.jinja_env.filters["status_label"] = status_label
     app.jinja_env.filters["role_label"] = role_label

@@ -135,7 +135,7 @@ def schedules() -> Response:
 @requires(Role.OPERATOR)
 def new_schedule() -> Response:
     """The create form (operator); a refused form keeps what was typed and names the field."""
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):  # HEAD is a GET (issue 10 item 10)
         values = {name: "" for name in FORM_FIELDS}
         values.update(timezone="UTC", payload="{}", overlap="allow", catch_up="none")
         return _form_page(values, editing=None)
@@ -177,7 +177,7 @@ def edit_schedule(name: str) -> Response:
     """The edit form; schedules declared in code or configuration are refused, saying where."""
     service = ScheduleService()
     schedule = service.get(name)
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):  # HEAD is a GET (issue 10 item 10)
         return _form_page(_values_of(schedule), editing=schedule)
     values = _form_values(request.form)
     try:
