@@ -225,15 +225,19 @@ def _error(description: str) -> dict[str, Any]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
+    """Error replies by status; every call that needs a token may also get 403 (missing scope)."""
     texts = {
         400: "Malformed JSON.",
         401: "Missing, unknown or revoked bearer token.",
-        404: "No such task.",
+        403: "The token lacks the scope this call needs (submit, read or operate).",
+        404: "No such task (or not one this token reaches).",
         409: "The task's status does not allow this change.",
         413: "Request body over the configured size limit.",
         422: "Missing or invalid field (named in `error.field`), or unknown task type.",
     }
-    return {str(status): _error(texts[status]) for status in statuses}
+    if 401 in statuses and 403 not in statuses:
+        statuses = (*statuses, 403)
+    return {str(status): _error(texts[status]) for status in sorted(statuses)}
 
 
 def _task_reply(description: str, location: bool = False) -> dict[str, Any]:
