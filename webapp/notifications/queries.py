@@ -16,6 +16,7 @@ from ..extensions import db
 from ..tasks.errors import ValidationError
 from ..tasks.models import Notification, NotificationStatus
 from ..tasks.processor import NotificationType
+from ..tasks.queries import Page, keyset_page
 from ..tasks.validation import validate_task_id
 from .outbox import NotificationNotFound
 
@@ -30,12 +31,7 @@ class NotificationFilter:
     recipient: str | None = None
 
 
-@dataclass(frozen=True)
-class NotificationPage:
-    """One keyset page of notifications, newest first; ``next_cursor`` continues below it."""
-
-    items: list[Notification]
-    next_cursor: int | None
+NotificationPage = Page[Notification]  # one keyset page, newest first (the task list's and audit's helper)
 
 
 def validate_notification_status(value: Any) -> str:
@@ -77,12 +73,8 @@ def list_notifications(filters: NotificationFilter | None = None, limit: int = 5
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
         raise ValidationError("limit must be an integer from 1 to 500", field="limit")
     query = select(Notification).where(*_filter_clauses(filters or NotificationFilter()))
-    if cursor is not None:
-        query = query.where(Notification.id < validate_task_id(cursor, "cursor"))
-    rows = list(db.session.scalars(query.order_by(Notification.id.desc()).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return NotificationPage(rows, rows[-1].id if more and rows else None)
+    below = validate_task_id(cursor, "cursor") if cursor is not None else None
+    return keyset_page(db.session(), query, Notification.id, limit, below)
 
 
 def notifications_for_task(task_id: Any) -> list[Notification]:
