@@ -244,3 +244,18 @@ def test_the_console_shows_the_principal_and_the_tokens_permissions(app: Flask) 
     assert "token:alice" in page and "someone@example.com" in page  # fields and the SUBMITTED actor
     tokens = admin.get("/admin/tokens").text
     assert "submit,read" in tokens and "own tasks" in tokens
+
+
+def test_edit_and_retry_in_the_console_records_the_user_as_principal(app: Flask) -> None:
+    from tests.console_support import logged_in_client
+
+    failed_id = failed_task(app)
+    operator, csrf = logged_in_client(app, "operator", "olga")
+    answer = operator.post(f"/tasks/{failed_id}/edit-retry", data={"csrf_token": csrf, "payload": '{"fixed": 1}'})
+    assert answer.status_code in (200, 302, 303), answer.text[:500]
+    with app.app_context():
+        child = db.session.scalars(select(AsyncTask).where(AsyncTask.parent_id == failed_id)).one()
+        assert child.principal == "user:olga"
+        event = db.session.scalars(select(TaskEvent).where(TaskEvent.task_id == child.id,
+                                                           TaskEvent.kind == "SUBMITTED")).one()
+        assert event.actor == "user:olga"

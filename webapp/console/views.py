@@ -274,7 +274,8 @@ def edit_retry(task_id: int) -> Response:
     except ValidationError as exc:
         return _edit_retry_page(_load_task(task_id), text, exc.message, exc.field, 400)
     try:
-        new_task = AsyncTaskService().resubmit_task(task_id, payload, actor=actor_name())
+        new_task = AsyncTaskService().resubmit_task(task_id, payload, actor=actor_name(),
+                                                    principal=f"user:{actor_name()}")
     except TaskNotFound:
         raise NotFound(f"task {task_id} does not exist") from None
     except InvalidTransition as exc:
