@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from webapp.tasks import RateLimit, TaskInfo, TaskLimits, TaskProcessor, TaskResult
+from webapp.tasks import RateLimit, TaskInfo, TaskLimits, TaskProcessor, TaskResult, Unique
 
 
 @dataclass
@@ -63,3 +63,22 @@ class RatedPerTenantProcessor(TaskProcessor):
 
     def get_limits(self) -> TaskLimits:
         return TaskLimits(rate=RateLimit(2, 30), rate_key="tenant")
+
+
+@dataclass
+class ReportPayload:
+    report: str
+    requested_by: str = ""
+
+
+class DebouncedReportProcessor(TaskProcessor):
+    """One waiting report per name: a second request while one waits is that task (debounce)."""
+
+    task_type = "DEBOUNCED_REPORT"
+    payload_type = ReportPayload
+
+    def process(self, task: TaskInfo, payload: ReportPayload) -> TaskResult:
+        return TaskResult.success({"report": payload.report})
+
+    def get_limits(self) -> TaskLimits:
+        return TaskLimits(unique=Unique(fields=("report",), window_seconds=60, statuses=("PENDING",)))

@@ -19,6 +19,7 @@ from webapp.tasks import (
     UnknownTaskType,
     ValidationError,
 )
+from webapp.tasks.errors import IdempotencyConflict
 from webapp.tasks.models import AsyncTask, TaskEvent, Worker
 from webapp.tasks.service import TaskFilter
 
@@ -113,8 +114,10 @@ def test_run_at_accepts_aware_datetimes_and_iso_strings(app_ctx):
 def test_idempotency_key_returns_the_existing_task(app_ctx):
     service = AsyncTaskService()
     first = service.submit("NOOP", {"n": 1}, idempotency_key="k1", idempotency_scope="client-a")
-    again = service.submit("NOOP", {"n": 2}, idempotency_key="k1", idempotency_scope="client-a")
+    again = service.submit("NOOP", {"n": 1}, idempotency_key="k1", idempotency_scope="client-a")
     other = service.submit("NOOP", {"n": 3}, idempotency_key="k1", idempotency_scope="client-b")
+    with pytest.raises(IdempotencyConflict, match="'k1'"):  # issue 14: another payload is refused
+        service.submit("NOOP", {"n": 2}, idempotency_key="k1", idempotency_scope="client-a")
     assert first.created and not again.created and other.created
     assert again.task.id == first.task.id
     assert other.task.id != first.task.id

@@ -148,7 +148,7 @@ def test_idempotent_repeat_on_the_fast_path_returns_the_first_task(pg_app: Flask
         service = AsyncTaskService()
         first = service.submit("NOOP", {"n": 1}, idempotency_key="k", idempotency_scope="a")
         db.session.remove()
-        again = service.submit("NOOP", {"n": 2}, idempotency_key="k", idempotency_scope="a")
+        again = service.submit("NOOP", {"n": 1}, idempotency_key="k", idempotency_scope="a")
         assert (first.created, again.created) == (True, False)
         assert again.task.id == first.task.id and again.task.payload == {"n": 1}
         assert not db.session().in_transaction()  # the autocommit connection went back to the pool

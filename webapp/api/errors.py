@@ -20,7 +20,13 @@ from typing import Any, cast
 from flask import Blueprint, Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ..tasks.errors import InvalidTransition, TaskError, TaskNotFound, ValidationError
+from ..tasks.errors import (
+    IdempotencyConflict,
+    InvalidTransition,
+    TaskError,
+    TaskNotFound,
+    ValidationError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +88,7 @@ def status_for_task_error(exc: TaskError) -> int:
     """Engine errors to HTTP: not found 404, refused transition 409, bad input 422."""
     if isinstance(exc, TaskNotFound):
         return 404
-    if isinstance(exc, InvalidTransition):
+    if isinstance(exc, InvalidTransition | IdempotencyConflict):
         return 409
     if isinstance(exc, ValidationError):
         return 422

@@ -91,6 +91,12 @@ class Dialect(Protocol):
               direct: DirectConnection | None) -> Sequence[Any]:
         """Move up to ``limit`` due tasks to PROCESSING under ``token`` with their CLAIMED events."""
 
+    def lock_unique(self, session: Session, key: str) -> None:
+        """Within the caller's transaction: wait until no other submit of this ``unique`` key is in flight."""
+
+    def payload_field_equals(self, field: str, value: Any) -> ColumnElement[bool]:
+        """``async_task.payload``'s top-level ``field`` equals the JSON value ``value``."""
+
     def claim_limited(self, writer: TaskWriter, worker_id: str, limit: int, types: list[str],
                       limited: Sequence[ClaimLimit], token: str, direct: DirectConnection | None
                       ) -> Sequence[Any]:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     text,
     type_coerce,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -98,6 +99,7 @@ LIMITED_DUE_SQL_DIRECT = pyformat(LIMITED_DUE_SQL)
 # ``enable_sort = off`` (see ``claim``) prices the window functions' small sorts at 10^10, which
 # would make PostgreSQL JIT-compile the statement on every claim (seconds): no JIT here.
 NO_JIT_SQL = text("SET LOCAL jit = off")
+UNIQUE_LOCK_SQL = text("SELECT pg_advisory_xact_lock(hashtext('taskdeck.unique'), hashtext(:key))")
 LIMIT_GATE_SQL = text(
     "SELECT g.task_type, pg_advisory_xact_lock(hashtext('taskdeck.limit'), hashtext(g.task_type))"
     " FROM (SELECT unnest(CAST(:types AS varchar[])) AS task_type ORDER BY 1) AS g")
@@ -197,17 +199,20 @@ BULK_INSERT_COLUMNS = {
     "task_type": "varchar", "priority": "integer", "max_retry_count": "integer",
     "retry_strategy": "varchar", "retry_interval": "float8", "retry_max_delay": "float8",
     "retry_jitter": "float8", "created_by": "varchar", "next_run_at": "timestamptz",
-    "notify_url": "varchar", "principal": "varchar",
+    "notify_url": "varchar", "principal": "varchar", "idempotency_scope": "varchar",
+    "idempotency_key": "varchar",
 }
 BULK_INSERT_SQL_POSTGRES = text(
     "WITH new AS ("
     " INSERT INTO async_task (task_type, status, priority, payload, retry_count, max_retry_count,"
     " retry_strategy, retry_interval, retry_max_delay, retry_jitter, created_by, created_at,"
-    " updated_at, next_run_at, attempts, recovery_count, notify_url, principal)"
+    " updated_at, next_run_at, attempts, recovery_count, notify_url, principal, idempotency_scope,"
+    " idempotency_key)"
     " SELECT v.task_type, 'PENDING', v.priority, CAST(:payloads AS jsonb) -> CAST(v.position - 1 AS integer),"
     " 0, v.max_retry_count, v.retry_strategy,"
     " v.retry_interval, v.retry_max_delay, v.retry_jitter, v.created_by, CAST(:now AS timestamptz),"
-    " CAST(:now AS timestamptz), v.next_run_at, 0, 0, v.notify_url, v.principal"
+    " CAST(:now AS timestamptz), v.next_run_at, 0, 0, v.notify_url, v.principal, v.idempotency_scope,"
+    " v.idempotency_key"
     " FROM unnest(" + ", ".join(f"CAST(:c_{name} AS {kind}[])" for name, kind in BULK_INSERT_COLUMNS.items())
     + ") WITH ORDINALITY AS v(" + ", ".join(BULK_INSERT_COLUMNS) + ", position)"
     " ORDER BY v.position"
@@ -365,6 +370,15 @@ class PostgresDialect:
                     for row in direct.execute(CLAIM_SQL_DIRECT, params)]
         writer.session.execute(NO_SORT_SQL)
         return writer.session.execute(CLAIM_SQL_POSTGRES, params).all()
+
+    def lock_unique(self, session: Session, key: str) -> None:
+        """A transaction-scoped advisory lock on the key: concurrent identical submits queue up."""
+        session.execute(UNIQUE_LOCK_SQL, {"key": key})
+
+    def payload_field_equals(self, field: str, value: Any) -> ColumnElement[bool]:
+        """``COALESCE(payload -> field, 'null') = CAST(value AS jsonb)``: JSON equality, absent = null."""
+        stored = func.coalesce(AsyncTask.payload.op("->")(literal(field)), cast(literal("null"), JSONB))
+        return stored == cast(literal(json.dumps(value)), JSONB)
 
     def claim_limited(self, writer: TaskWriter, worker_id: str, limit: int, types: list[str],
                       limited: Sequence[ClaimLimit], token: str, direct: DirectConnection | None

@@ -7,6 +7,7 @@ every writer takes the write lock up front (``begin_write``) and waits in line i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -118,6 +119,16 @@ class SqliteDialect:
             .limit(limit)
         )
         return stamp_claim(writer, AsyncTask.id.in_(due.scalar_subquery()), worker_id, token, now)
+
+    def lock_unique(self, session: Session, key: str) -> None:
+        """Nothing: the submit already holds the database's one write lock (BEGIN IMMEDIATE)."""
+
+    def payload_field_equals(self, field: str, value: Any) -> ColumnElement[bool]:
+        """``json_extract(payload, '$.field') IS value`` (objects and arrays compared as minified JSON)."""
+        stored = func.json_extract(AsyncTask.payload, f"$.{field}")
+        if isinstance(value, dict | list):
+            return stored == func.json(json.dumps(value))
+        return stored.op("IS")(literal(value))
 
     def claim_limited(self, writer: TaskWriter, worker_id: str, limit: int, types: list[str],
                       limited: Sequence[ClaimLimit], token: str, direct: DirectConnection | None

@@ -48,6 +48,12 @@ class InvalidTransition(TaskError):
         self.current_status = current_status
 
 
+class IdempotencyConflict(TaskError):
+    """An idempotency key was reused for a different task type or payload; nothing was written."""
+
+    code = "idempotency_conflict"
+
+
 class RegistryError(TaskError):
     """Processors could not be registered (duplicate task type, bad module): a start-up error."""
 

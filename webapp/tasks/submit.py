@@ -7,9 +7,10 @@ also writes its event and wakes consumers (``Dialect.submit_in_one_statement``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,7 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import make_transient_to_detached
 
-from .errors import ValidationError
+from .errors import IdempotencyConflict, ValidationError
+from .limits import Unique
 from .models import AsyncTask
 from .store import TaskStore
 from .validation import checked_batch_item, task_row
@@ -64,7 +66,8 @@ class Submitter(TaskStore):
         """
         row = task_row(self.processor_for, self.db_now, task_type, payload, priority, created_by, run_at,
                        idempotency_key, idempotency_scope, notify_url, parent_id, principal)
-        if commit and self._may_submit_in_one_statement():
+        unique = self.registry.limits_of(row["task_type"]).unique
+        if commit and unique is None and self._may_submit_in_one_statement():
             return self._submit_in_one_statement(row)
         # Before the idempotency lookup: on SQLite a read that is later upgraded to a write fails
         # with "database is locked" when another writer committed in between.
@@ -72,7 +75,14 @@ class Submitter(TaskStore):
         if idempotency_key is not None:
             existing = self._find_idempotent(idempotency_scope, idempotency_key)
             if existing is not None:
-                return SubmitOutcome(existing, False)
+                return self._repeat_of(existing, row)
+        if unique is not None:
+            found = self._find_unique(row, unique)
+            if found is not None:
+                if commit:  # end the transaction (and its lock) at once, keeping the loaded task
+                    self.session.expunge(found)
+                    self.session.commit()
+                return SubmitOutcome(found, False)
         task = AsyncTask(**row)
         try:
             self.session.add(task)
@@ -83,7 +93,7 @@ class Submitter(TaskStore):
             existing = self._find_idempotent(idempotency_scope, idempotency_key)
             if existing is None:
                 raise
-            return SubmitOutcome(existing, False)
+            return self._repeat_of(existing, row)
         self.write_events([self.transition_event("submit", task.id, actor=principal)])
         if commit:
             # Every column was set here, so the detached object is complete: answering the caller
@@ -97,8 +107,10 @@ class Submitter(TaskStore):
         """Queue many tasks in one transaction; if any item is invalid, none is written.
 
         Each item is a mapping with the ``submit_task`` arguments (``task_type``, ``payload``,
-        ``priority``, ``created_by``, ``run_at``, ``notify_url``). Errors name the item index.
-        Every task records ``principal``.
+        ``priority``, ``created_by``, ``run_at``, ``notify_url``, ``idempotency_key``). Errors name
+        the item index. Every task records ``principal``. An item whose key names a task already
+        (in ``idempotency_scope``, or earlier in the batch) is that task, so a batch retried after
+        a timeout creates nothing twice; the key with another type or payload is refused whole.
         """
         rows = []
         for index, item in enumerate(items):
@@ -106,19 +118,64 @@ class Submitter(TaskStore):
             try:
                 rows.append(task_row(
                     self.processor_for, self.db_now, item.get("task_type"), item.get("payload"),
-                    item.get("priority"), item.get("created_by"), item.get("run_at"), None,
-                    idempotency_scope, item.get("notify_url"), None, principal))
+                    item.get("priority"), item.get("created_by"), item.get("run_at"),
+                    item.get("idempotency_key"), idempotency_scope, item.get("notify_url"), None, principal))
             except ValidationError as exc:
                 field = f"tasks[{index}].{exc.field}" if exc.field else f"tasks[{index}]"
                 raise type(exc)(f"item {index}: {exc.message}", field=field) from None
         if not rows:
             return []
-        self.begin_write()
-        ids = self.dialect.insert_tasks(self, rows)
+        keyed = any(row["idempotency_key"] is not None for row in rows)
+        for second_try in (False, True):
+            self.begin_write()
+            try:
+                tasks = self._insert_batch(rows, idempotency_scope) if keyed else self._insert_rows(rows)
+                break
+            except IntegrityError:
+                # A concurrent batch took one of the keys first: look again (this time it is found).
+                self.session.rollback()
+                if second_try or not (keyed and commit):
+                    raise
         if commit:
             self.commit_new_work()
-        # Plain snapshots, not ORM instances: building 1,000 tracked objects costs more than the insert.
+        return tasks
+
+    def _insert_rows(self, rows: list[dict[str, Any]]) -> list[TaskSnapshot]:
+        """Insert new task rows; plain snapshots, since 1,000 tracked objects cost more than the insert."""
+        ids = self.dialect.insert_tasks(self, rows) if rows else []
         return [TaskSnapshot(id=task_id, **row) for task_id, row in zip(ids, rows, strict=True)]
+
+    def _insert_batch(self, rows: list[dict[str, Any]], scope: str | None) -> list[TaskSnapshot]:
+        """Insert the rows whose idempotency key names no task yet; the others are the tasks they name."""
+        keys = sorted({row["idempotency_key"] for row in rows if row["idempotency_key"] is not None})
+        scope_clause = AsyncTask.idempotency_scope.is_(None) if scope is None else AsyncTask.idempotency_scope == scope
+        found = {task.idempotency_key: task for task in self.session.scalars(
+            select(AsyncTask).where(scope_clause, AsyncTask.idempotency_key.in_(keys)))}
+        first_with_key: dict[str, int] = {}
+        slots: list[TaskSnapshot | int] = []  # an existing task, or the position among new rows
+        new_rows: list[dict[str, Any]] = []
+        for index, row in enumerate(rows):
+            key = row["idempotency_key"]
+            try:
+                if key in found:
+                    task = found[key]
+                    check_same_task(key, task.task_type, task.payload, row)
+                    slots.append(snapshot_of(task))
+                    continue
+                if key is not None and key in first_with_key:
+                    earlier = rows[first_with_key[key]]
+                    check_same_task(key, earlier["task_type"], earlier["payload"], row)
+                    slots.append(slots[first_with_key[key]])
+                    continue
+            except IdempotencyConflict as exc:
+                raise IdempotencyConflict(f"item {index}: {exc.message}",
+                                          field=f"tasks[{index}].idempotency_key") from None
+            if key is not None:
+                first_with_key[key] = index
+            slots.append(len(new_rows))
+            new_rows.append(row)
+        created = self._insert_rows(new_rows)
+        return [created[slot] if isinstance(slot, int) else slot for slot in slots]
 
     def _may_submit_in_one_statement(self) -> bool:
         """The database can, and no transaction or pending change of the caller's would be ended."""
@@ -146,7 +203,7 @@ class Submitter(TaskStore):
                     # back to the pool now and later work on the session is transactional again.
                     session.expunge(existing)
                     session.commit()
-                    return SubmitOutcome(existing, False)
+                    return self._repeat_of(existing, row)
             task_id = self.dialect.submit_in_one_statement(connection, row)
         except IntegrityError:
             session.rollback()
@@ -156,7 +213,7 @@ class Submitter(TaskStore):
             existing = self._find_idempotent(scope, key)
             if existing is None:
                 raise
-            return SubmitOutcome(existing, False)
+            return self._repeat_of(existing, row)
         except BaseException:
             session.rollback()
             raise
@@ -173,3 +230,40 @@ class Submitter(TaskStore):
         return self.session.scalars(
             select(AsyncTask).where(scope_clause, AsyncTask.idempotency_key == key)
         ).first()
+
+    def _repeat_of(self, existing: AsyncTask, row: dict[str, Any]) -> SubmitOutcome:
+        """The task an idempotency key already names, if this submit asks for the same task."""
+        check_same_task(existing.idempotency_key, existing.task_type, existing.payload, row)
+        return SubmitOutcome(existing, False)
+
+    def _find_unique(self, row: dict[str, Any], unique: Unique) -> AsyncTask | None:
+        """A task of the type whose ``unique.fields`` match, in ``unique.statuses``, created in the window.
+
+        Concurrent identical submits first queue up on the key's lock (PostgreSQL: an advisory
+        lock until commit; SQLite: the write lock the submit holds), so one creates, the rest find it.
+        """
+        values = [(name, row["payload"].get(name)) for name in unique.fields]
+        key = json.dumps([row["task_type"], values], sort_keys=True, default=str)
+        self.dialect.lock_unique(self.session, key)
+        since = row["created_at"] - timedelta(seconds=unique.window_seconds)
+        return self.session.scalars(
+            select(AsyncTask)
+            .where(AsyncTask.task_type == row["task_type"], AsyncTask.status.in_(unique.statuses),
+                   AsyncTask.created_at >= since,
+                   *(self.dialect.payload_field_equals(name, value) for name, value in values))
+            .order_by(AsyncTask.id).limit(1)
+        ).first()
+
+
+def snapshot_of(task: AsyncTask) -> TaskSnapshot:
+    """A loaded task as a ``TaskSnapshot`` (what ``submit_many`` returns)."""
+    return TaskSnapshot(**{attr.key: getattr(task, attr.key) for attr in AsyncTask.__mapper__.column_attrs})
+
+
+def check_same_task(key: str | None, task_type: str, payload: Any, row: dict[str, Any]) -> None:
+    """``IdempotencyConflict`` naming the key when ``row`` asks for another type or payload than the task."""
+    if task_type != row["task_type"] or payload != row["payload"]:
+        what = "task type" if task_type != row["task_type"] else "payload"
+        raise IdempotencyConflict(
+            f"idempotency_key {key!r} was already used for a task with a different {what}",
+            field="idempotency_key")

@@ -20,7 +20,8 @@ from .registry import payload_from_json
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 # Fields ``submit_many`` accepts in each item (the ``submit_task`` arguments).
-BATCH_ITEM_FIELDS = frozenset({"task_type", "payload", "priority", "created_by", "run_at", "notify_url"})
+BATCH_ITEM_FIELDS = frozenset({"task_type", "payload", "priority", "created_by", "run_at", "notify_url",
+                               "idempotency_key"})
 
 
 def validate_task_id(value: Any, field: str = "id") -> int:
