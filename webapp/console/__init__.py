@@ -17,6 +17,7 @@ from ..accounts.throttle import LoginThrottle
 from . import account, admin, auth, i18n, notifications, schedules, views
 from .formatting import register as register_formatting
 from .sessions import current_user, load_current_user
+from .workflows import bp as workflows_bp
 
 # Every console blueprint, registered in this order. A new page module adds its ``bp`` here.
 CONSOLE_BLUEPRINTS: tuple[Blueprint, ...] = (
@@ -24,6 +25,7 @@ CONSOLE_BLUEPRINTS: tuple[Blueprint, ...] = (
     views.bp,
     notifications.bp,
     schedules.bp,
+    workflows_bp,
     account.bp,
     admin.bp,
     i18n.bp,

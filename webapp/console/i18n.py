@@ -52,6 +52,9 @@ STATUS_LABELS = {
     "FAILURE": lazy_gettext("FAILURE"),
     "RETRYING": lazy_gettext("RETRYING"),
     "CANCELLED": lazy_gettext("CANCELLED"),
+    "WAITING": lazy_gettext("WAITING"),  # a workflow's task waiting for its parents
+    "RUNNING": lazy_gettext("RUNNING"),  # workflows
+    "SUCCEEDED": lazy_gettext("SUCCEEDED"),
     "ONLINE": lazy_gettext("ONLINE"),
     "STALE": lazy_gettext("STALE"),
     "STOPPED": lazy_gettext("STOPPED"),
