@@ -69,6 +69,15 @@ def slots_of(name: str) -> list[datetime]:
                                    .order_by(ScheduleRun.slot_at)))
 
 
+def seconds_of_runs(name: str) -> tuple[list[int], list[int]]:
+    """Slots (seconds after T0) that created a task, and those recorded without one."""
+    schedule_id = db.session.scalar(select(Schedule.id).where(Schedule.name == name))
+    runs = db.session.scalars(select(ScheduleRun).where(ScheduleRun.schedule_id == schedule_id)
+                              .order_by(ScheduleRun.slot_at)).all()
+    seconds = [(int((run.slot_at - T0).total_seconds()), run.task_id is not None) for run in runs]
+    return [s for s, ran in seconds if ran], [s for s, ran in seconds if not ran]
+
+
 def new_schedule(clock: Clock, **fields: Any) -> Schedule:
     raw = {"name": "every-10s", "task_type": "NOOP", "interval_seconds": 10, **fields}
     return service(clock).create(raw, actor="tester")
@@ -162,12 +171,16 @@ def test_catch_up_after_a_minute_of_downtime(ctx: Flask, policy: str, expected_m
     # The scheduler stops for a minute (and a half): slots +20 ... +100 come and go.
     clock.advance(90)  # now +100; grace 30 s: +20..+60 are missed, +70..+100 are on time
     written = tick(ctx, clock)
-    slots = [int((slot - T0).total_seconds()) for slot in slots_of("every-10s")]
+    ran, skipped = seconds_of_runs("every-10s")
     on_time = [70, 80, 90, 100]
     missed = {"none": [], "latest": [60], "all": [20, 30, 40, 50, 60]}[policy]
-    assert slots == [10, *missed, *on_time]
+    assert ran == [10, *missed, *on_time]
     assert written == len(missed) + len(on_time)
-    assert expected_missed == len(missed) or policy == "all"
+    assert len(missed) == expected_missed or policy == "all"
+    # The missed slots that did not run are in the history, saying why.
+    assert skipped == [slot for slot in (20, 30, 40, 50, 60) if slot not in missed]
+    reasons = set(db.session.scalars(select(ScheduleRun.skip_reason).where(ScheduleRun.task_id.is_(None))))
+    assert reasons <= {f"missed: no scheduler ran at this time (catch-up {policy})"}
     next_fire = db.session.scalar(select(Schedule.next_fire_at))
     assert next_fire == T0 + timedelta(seconds=110)
 
@@ -177,8 +190,9 @@ def test_catch_up_all_is_capped_at_the_most_recent_slots(ctx: Flask) -> None:
     new_schedule(clock, catch_up="all")
     clock.advance(10 + 600)  # ten minutes down: +10 .. +570 missed, +580 .. +610 within the grace
     tick(ctx, clock, limit=5)
-    slots = [int((slot - T0).total_seconds()) for slot in slots_of("every-10s")]
-    assert slots == [530, 540, 550, 560, 570, 580, 590, 600, 610]
+    ran, skipped = seconds_of_runs("every-10s")
+    assert ran == [530, 540, 550, 560, 570, 580, 590, 600, 610]
+    assert skipped == [480, 490, 500, 510, 520]  # the most recent of the slots left out, at most the limit
 
 
 def test_overlap_policies_with_a_previous_task_still_waiting(ctx: Flask) -> None:

@@ -148,18 +148,23 @@ def test_a_scheduler_stopped_and_restarted_under_each_catch_up_policy(make_app: 
 
     for name in names:
         runs = runs_of(app, name)
-        slots = [run.slot_at for run, _ in runs]
-        assert len(slots) == len(set(slots))
+        every_slot = [run.slot_at for run, _ in runs]
+        # Every slot has exactly one record, run or missed: the history has no hole.
+        assert len(every_slot) == len(set(every_slot))
+        assert {(b - a).total_seconds() for a, b in zip(every_slot, every_slot[1:], strict=False)} == {1.0}
+        slots = [run.slot_at for run, task in runs if task is not None]
+        missed = [run for run, task in runs if task is None]
+        assert all((run.skip_reason or "").startswith("missed:") for run in missed)
         after = [run for run, _ in runs if run.slot_at > stopped[name]]
         caught_up = [run for run in after if run.kind == "catch_up"]
         # Slots at least the grace older than the restart were missed; the others ran on time.
         gaps = [(b - a).total_seconds() for a, b in zip(slots, slots[1:], strict=False)]
         if name == "c-none":
-            assert caught_up == [] and max(gaps) >= 3, (name, gaps)
+            assert caught_up == [] and max(gaps) >= 3 and len(missed) >= 2, (name, gaps)
         elif name == "c-latest":
-            assert len(caught_up) == 1 and max(gaps) >= 2, (name, gaps)
+            assert len(caught_up) == 1 and max(gaps) >= 2 and missed, (name, gaps)
         else:
-            assert len(caught_up) >= 3 and set(gaps) == {1.0}, (name, gaps)
+            assert len(caught_up) >= 3 and set(gaps) == {1.0} and missed == [], (name, gaps)
 
 
 def _utcnow() -> datetime:

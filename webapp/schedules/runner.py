@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from flask import Flask
@@ -46,6 +46,9 @@ class Step:
     next_fire: datetime | None = None
     skip_to: datetime | None = None
     skipped: bool = False
+    # The most recent of the slots skipped over (at most the catch-up limit): each gets a run
+    # record saying it was missed, so the history shows the gap.
+    missed: list[datetime] = field(default_factory=list)
 
 
 def plan_step(schedule: Schedule, recurrence: Recurrence, now: datetime, grace: timedelta,
@@ -59,10 +62,10 @@ def plan_step(schedule: Schedule, recurrence: Recurrence, now: datetime, grace: 
         return Step(slot=due, next_fire=recurrence.next_after(due))
     wanted = {CatchUpPolicy.NONE.value: 0, CatchUpPolicy.LATEST.value: 1}.get(schedule.catch_up, catch_up_limit)
     missed_to_run = recurrence.latest_before(due, cutoff, wanted)
-    if not missed_to_run:
-        return Step(skipped=True, skip_to=recurrence.next_at_or_after(cutoff))
-    if missed_to_run[0] > due:
-        return Step(skipped=True, skip_to=missed_to_run[0])
+    if not missed_to_run or missed_to_run[0] > due:
+        skip_to = missed_to_run[0] if missed_to_run else recurrence.next_at_or_after(cutoff)
+        missed = recurrence.latest_before(due, skip_to or cutoff, catch_up_limit)
+        return Step(skipped=True, skip_to=skip_to, missed=missed)
     return Step(slot=due, kind=RunKind.CATCH_UP, next_fire=recurrence.next_after(due))
 
 
@@ -112,7 +115,7 @@ def _fire_schedule(writer: SlotWriter, schedule_id: int, now: datetime,
             log.info("schedule %s: skipping missed slots from %s to %s (catch-up %s)", schedule.name,
                      schedule.next_fire_at.isoformat(), step.skip_to.isoformat() if step.skip_to else "the end",
                      schedule.catch_up)
-            writer.skip_to(schedule, schedule.next_fire_at, step.skip_to)
+            writer.skip_to(schedule, schedule.next_fire_at, step.skip_to, step.missed)
             continue
         assert step.slot is not None
         if writer.fire_scheduled(schedule, step.slot, step.kind, step.next_fire):

@@ -105,8 +105,25 @@ class SlotWriter(SessionWriter):
         self._cancel_previous(schedule.name, to_cancel)
         return True
 
-    def skip_to(self, schedule: Schedule, expected: datetime, next_fire: datetime | None) -> bool:
-        """Move ``next_fire_at`` past missed slots that the catch-up policy does not run."""
+    def skip_to(self, schedule: Schedule, expected: datetime, next_fire: datetime | None,
+                missed: list[datetime]) -> bool:
+        """Move ``next_fire_at`` past missed slots that the catch-up policy does not run.
+
+        ``missed`` (the most recent of them) get run records saying why they have no task;
+        slots that already have a run (a backfill) are left as they are.
+        """
+        taken = set(self.session.scalars(select(ScheduleRun.slot_at).where(
+            ScheduleRun.schedule_id == schedule.id, ScheduleRun.slot_at.in_(missed)))) if missed else set()
+        now = self.db_now()
+        reason = f"missed: no scheduler ran at this time (catch-up {schedule.catch_up})"
+        self.session.add_all([ScheduleRun(schedule_id=schedule.id, slot_at=slot, kind=RunKind.SCHEDULED.value,
+                                          skip_reason=reason, created_by=self.actor, created_at=now)
+                              for slot in missed if slot not in taken])
+        try:
+            self.session.flush()
+        except IntegrityError:
+            self.session.rollback()  # a peer recorded them first; it also moved the schedule on
+            return False
         moved = self.session.execute(
             update(Schedule)
             .where(Schedule.id == schedule.id, Schedule.version == schedule.version,
