@@ -9,6 +9,7 @@ limit was per gunicorn process; ``HEAD /login`` with a form body logged in witho
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -18,7 +19,9 @@ from sqlalchemy import func, select
 
 from tests.conftest import base_config
 from tests.console_support import PASSWORD, add_user, csrf_from, logged_in_client
+from tests.smtp_server import free_port
 from webapp import create_app
+from webapp.accounts.login_counters import RedisCounters
 from webapp.accounts.models import LoginFailureCounter
 from webapp.accounts.throttle import LoginPolicy, LoginThrottle
 from webapp.extensions import db
@@ -139,3 +142,34 @@ def test_counters_are_shared_by_every_process(make_app: Callable[..., Flask], ba
     finally:
         with other.app_context():
             db.engine.dispose()
+
+
+def test_counters_live_in_redis_when_configured(make_app: Callable[..., Flask]) -> None:
+    """With REDIS_URL the counters are Redis hashes: two apps on different databases still share them."""
+    first, second = make_app("sqlite", redis=True), make_app("sqlite", redis=True)
+    assert first.config["SQLALCHEMY_DATABASE_URI"] != second.config["SQLALCHEMY_DATABASE_URI"]
+    policy = LoginPolicy(per_address_failures=4)
+    store = first.extensions["console_login_throttle"].store
+    assert isinstance(store, RedisCounters)
+    for each in (first, second):
+        each.extensions["console_login_throttle"] = LoginThrottle(policy, store)
+    address = f"203.0.113.{uuid.uuid4().int % 200 + 20}"
+    try:
+        statuses = [attempt((first, second)[n % 2].test_client(), f"user{n}", "guess", address) for n in range(6)]
+        assert statuses == [401] * 4 + [429] * 2
+        for each in (first, second):
+            with each.app_context():
+                assert db.session.scalar(select(func.count()).select_from(LoginFailureCounter)) == 0
+    finally:
+        for key in store.client.scan_iter(f"{store.prefix}*"):
+            store.client.delete(key)
+
+
+def test_a_redis_outage_falls_back_to_counting_in_the_database(make_app: Callable[..., Flask]) -> None:
+    app = make_app("sqlite", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    policy = LoginPolicy(per_address_failures=3)
+    app.extensions["console_login_throttle"] = LoginThrottle(policy, app.extensions["console_login_throttle"].store)
+    client = app.test_client()
+    assert [attempt(client, f"user{n}", "guess", ATTACKER) for n in range(4)] == [401] * 3 + [429]
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LoginFailureCounter)) > 0

@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response
 
+from ..accounts.login_counters import counter_store
 from ..accounts.throttle import LoginThrottle
 from . import account, admin, auth, i18n, notifications, schedules, views
 from .formatting import register as register_formatting
@@ -59,7 +60,8 @@ SECURITY_HEADERS = {
 def init_console(app: Flask) -> None:
     """Register the console's blueprints, login handling, cookie settings and security headers."""
     _configure_session(app)
-    app.extensions["console_login_throttle"] = LoginThrottle()
+    app.extensions["console_login_throttle"] = LoginThrottle(store=counter_store(
+        app.config.get("REDIS_URL"), app.config["ASYNC_TASK_REDIS_LOCK_PREFIX"]))
     for blueprint in CONSOLE_BLUEPRINTS:
         app.register_blueprint(blueprint)
     register_formatting(app)
