@@ -52,11 +52,11 @@ from tests.faults.chaos_checks import (
     check_mails,
     check_succeeded_once,
     last_to_end,
-    pending_notifications,
     read_outcome,
     wait_for_drain,
+    wait_for_mails,
 )
-from tests.faults.support import Gunicorn, Supervisor, wait_for
+from tests.faults.support import Gunicorn, Supervisor
 from tests.proc_utils import ProcessPool, RedisServer, free_port, tail
 from tests.smtp_server import SMTPServer
 from webapp.accounts.tokens import create_token
@@ -166,8 +166,7 @@ def test_random_faults_lose_repeat_and_double_mail_nothing(
             db.engine.dispose()  # connections the faults terminated
         wait_for_drain(chaos_app, pool, run_dir, seed, DRAIN_TIMEOUT)
         drained = time.monotonic() - calm
-        wait_for(None, lambda: pending_notifications(chaos_app) == 0, timeout=NOTIFY_LEASE + 60,
-                 interval=0.5, message="every notification sent or given up")
+        wait_for_mails(chaos_app, pool, seed, NOTIFY_LEASE + 60)
         mailed = time.monotonic() - calm
         supervisor.stop()
         outcome = read_outcome(chaos_app, run_dir)
