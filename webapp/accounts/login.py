@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -111,16 +112,22 @@ def _count_throttled(throttle: LoginThrottle, address: str | None) -> None:
     count = throttle.record_throttled(session, address)
     detail: dict[str, Any] = {"ip": address, "count": count.failures,
                               "window_seconds": int(throttle.policy.window.total_seconds())}
-    entry = session.get(AuditEntry, count.audit_id) if count.audit_id is not None else None
-    if entry is not None:
+    entry = (session.get(AuditEntry, count.audit_id) if count.audit_id is not None
+             else _window_row(address, count.window_started_at))
+    if entry is None and count.failures == 1:  # the window's first refusal writes the row
+        record_audit(None, "login", "address", address, outcome="throttled", detail=detail)
+        session.flush()
+        entry = _window_row(address, count.window_started_at)
+    elif entry is not None:
         entry.detail = {**(entry.detail or {}), **detail, "last_at": utcnow().isoformat()}
-        return
-    record_audit(None, "login", "address", address, outcome="throttled", detail=detail)
-    session.flush()
-    # The counter row stays locked by our upsert until commit, so the newest such row is ours.
-    audit_id = session.scalar(select(AuditEntry.id).where(
+    if entry is not None and count.audit_id is None:
+        throttle.attach_audit_row(session, address, entry.id)
+
+
+def _window_row(address: str | None, window_started_at: datetime) -> AuditEntry | None:
+    """The audit row of ``address``'s throttled attempts in the window that began then, if written yet."""
+    return db.session.scalars(select(AuditEntry).where(
         AuditEntry.action == "login", AuditEntry.outcome == "throttled", AuditEntry.target_type == "address",
-        AuditEntry.target_id == (None if address is None else str(address)[:MAX_USERNAME]))
-        .order_by(AuditEntry.id.desc()).limit(1))
-    if audit_id is not None:
-        throttle.attach_audit_row(session, address, audit_id)
+        AuditEntry.target_id == (None if address is None else str(address)[:MAX_USERNAME]),
+        AuditEntry.at >= window_started_at - timedelta(seconds=1))
+        .order_by(AuditEntry.id.desc()).limit(1)).first()
