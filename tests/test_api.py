@@ -506,7 +506,7 @@ def test_openapi_describes_each_task_type_and_its_payload(app: Flask, api: Api) 
     assert "idempotency_key" in variants["NOOP"]["properties"]
     batch_items = document["components"]["schemas"]["TaskBatchSubmission"]["properties"]["tasks"]
     assert batch_items["maxItems"] == 1000
-    assert all("idempotency_key" not in v["properties"] for v in batch_items["items"]["oneOf"])
+    assert all("idempotency_key" in v["properties"] for v in batch_items["items"]["oneOf"])  # issue 14
 
 
 # -- list previews (issue 10 item 6) -------------------------------------------------------------

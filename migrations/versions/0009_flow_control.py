@@ -26,6 +26,11 @@ def upgrade():
     sa.PrimaryKeyConstraint('id'),
     )
     op.create_index('ix_task_limit_start_window', 'task_limit_start', ['task_type', 'rate_key', 'started_at'])
+    # Start-by deadlines: a task not started by then is never started.
+    op.add_column('async_task', sa.Column('start_by', sa.DateTime(timezone=True), nullable=True))
+    op.create_index('ix_async_task_start_by', 'async_task', ['start_by'],
+                    postgresql_where=sa.text("start_by IS NOT NULL AND status IN ('PENDING', 'RETRYING')"),
+                    sqlite_where=sa.text("start_by IS NOT NULL AND status IN ('PENDING', 'RETRYING')"))
     # Operators' runtime overrides of a type's limits (NULL: the processor's value).
     op.create_table('task_limit_override',
     sa.Column('task_type', sa.String(length=100), nullable=False),
@@ -40,6 +45,9 @@ def upgrade():
 
 
 def downgrade():
+    op.drop_index('ix_async_task_start_by', table_name='async_task')
+    with op.batch_alter_table('async_task') as batch_op:
+        batch_op.drop_column('start_by')
     op.drop_table('task_limit_override')
     op.drop_index('ix_task_limit_start_window', table_name='task_limit_start')
     op.drop_table('task_limit_start')

@@ -15,6 +15,7 @@ from typing import Any
 from ..tasks.models import TaskStatus
 from ..tasks.processor import RetryStrategy
 from ..tasks.registry import ProcessorRegistry
+from ..tasks.validation import MAX_EXPIRES_IN
 from .openapi_workflows import workflow_paths, workflow_schemas
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -36,7 +37,8 @@ unknown task or path 404, wrong method 405, refused state change 409, body over 
 limit 413, missing or invalid field, unknown task type or JSON nested deeper than 64 levels 422.
 
 **Idempotency.** A submission carrying an `idempotency_key` already used by the same token
-returns the existing task with 200 instead of creating a second one (202).
+returns the existing task with 200 instead of creating a second one (202); the same key with
+another task type or payload is refused with 409 naming the key. Batch items take keys too.
 
 **Pagination.** `GET /api/tasks` returns tasks newest first with an opaque `next_cursor`;
 pass it back as `cursor` for the next page, until it is null.
@@ -132,6 +134,11 @@ def _common_submission_properties() -> dict[str, Any]:
                    "description": "Run no earlier than this time (ISO-8601 with a zone)."},
         "notify_url": {"type": ["string", "null"], "format": "uri", "maxLength": 2000,
                        "description": "http(s) URL that receives a signed POST when the task finishes."},
+        "start_by": {"type": ["string", "null"], "format": "date-time",
+                     "description": "Not started by this time (ISO-8601 with a zone): never started, "
+                                    "CANCELLED 'start deadline passed'."},
+        "expires_in": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_EXPIRES_IN,
+                       "description": "Seconds from now: the same as start_by (give one of the two)."},
     }
 
 
@@ -198,6 +205,7 @@ def task_schema() -> dict[str, Any]:
             "progress": {"type": ["number", "null"]},
             "progress_message": {"type": ["string", "null"]},
             "cancel_requested_at": optional_time,
+            "start_by": optional_time,
         },
     }
 
@@ -281,7 +289,7 @@ def build_openapi(registry: ProcessorRegistry | None, max_body_bytes: int | None
     generic submission shape only, naming no task type)."""
     limit = f" Bodies over {max_body_bytes} bytes get 413." if max_body_bytes else ""
     submission = {"oneOf": submission_variants(registry, with_idempotency=True)}
-    batch_item = {"oneOf": submission_variants(registry, with_idempotency=False)}
+    batch_item = {"oneOf": submission_variants(registry, with_idempotency=True)}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Task API", "version": "1", "description": DESCRIPTION},

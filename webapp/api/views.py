@@ -25,7 +25,7 @@ MAX_BATCH_SIZE = 1000
 # Most JSON one list answer carries (each item is bounded too: previews, not whole values).
 LIST_BYTES_BUDGET = 1024 * 1024
 SUBMIT_FIELDS = ("task_type", "payload", "priority", "created_by", "run_at", "idempotency_key",
-                 "notify_url")
+                 "notify_url", "start_by", "expires_in")
 REQUIRED_FIELDS = ("task_type", "payload")
 
 
@@ -87,7 +87,7 @@ def submit_task() -> Response:
         body["task_type"], body["payload"], body.get("priority"), _creator(body.get("created_by")),
         body.get("run_at"), idempotency_key=body.get("idempotency_key"),
         idempotency_scope=current_token().name, notify_url=_checked_notify_url(body.get("notify_url")),
-        principal=current_token().principal,
+        principal=current_token().principal, start_by=body.get("start_by"), expires_in=body.get("expires_in"),
     )
     response = _task_response(outcome.task, 202 if outcome.created else 200)
     response.headers["Location"] = url_for("api.get_task", task_id=outcome.task.id)

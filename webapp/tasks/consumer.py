@@ -150,6 +150,8 @@ class Consumer(ClaimPool[TaskInfo]):
                           next_run_time=now)
         scheduler.add_job(self._recover, "interval", seconds=self.heartbeat_interval, id="recovery",
                           next_run_time=now)
+        scheduler.add_job(self._expire_start_deadlines, "interval", seconds=self.heartbeat_interval,
+                          id="start-deadlines", next_run_time=now)
         if self.settings.retention_days:
             scheduler.add_job(self._purge_expired, "interval", hours=1, id="retention",
                               next_run_time=now)
@@ -430,6 +432,18 @@ class Consumer(ClaimPool[TaskInfo]):
                 self.lock_keeper.sweep_under_lock(self._sweep, ttl_seconds=self.heartbeat_interval * 2)
             except Exception:
                 log.exception("recovery sweep failed")
+            finally:
+                db.session.remove()
+
+    def _expire_start_deadlines(self) -> None:
+        """Waiting tasks past their ``start_by`` end CANCELLED (the claim already skips them)."""
+        with self.app.app_context():
+            try:
+                expired = AsyncTaskService().expire_start_deadlines()
+                if expired:
+                    log.info("start deadline passed: %d task(s) cancelled: %s", len(expired), expired[:20])
+            except Exception:
+                log.exception("start-deadline sweep failed")
             finally:
                 db.session.remove()
 

@@ -74,6 +74,7 @@ WITH due AS (
     SELECT id FROM async_task
     WHERE status IN ('PENDING', 'RETRYING') AND next_run_at <= statement_timestamp()
       AND task_type = ANY(CAST(:types AS varchar[]))
+      AND (start_by IS NULL OR start_by > statement_timestamp())
     ORDER BY priority DESC, next_run_at, id
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -136,6 +137,7 @@ WITH lim AS (
         left(COALESCE(t.payload ->> l.rate_key, ''), 200) AS rkey) AS k
     WHERE t.status IN ('PENDING', 'RETRYING') AND t.next_run_at <= statement_timestamp()
       AND t.task_type = ANY(CAST(:types AS varchar[]))
+      AND (t.start_by IS NULL OR t.start_by > statement_timestamp())
       AND NOT EXISTS (SELECT 1 FROM running AS r
                       WHERE r.task_type = t.task_type AND r.ckey = k.ckey AND r.n >= l.concurrency)
       AND NOT EXISTS (SELECT 1 FROM recent AS w
@@ -200,19 +202,19 @@ BULK_INSERT_COLUMNS = {
     "retry_strategy": "varchar", "retry_interval": "float8", "retry_max_delay": "float8",
     "retry_jitter": "float8", "created_by": "varchar", "next_run_at": "timestamptz",
     "notify_url": "varchar", "principal": "varchar", "idempotency_scope": "varchar",
-    "idempotency_key": "varchar",
+    "idempotency_key": "varchar", "start_by": "timestamptz",
 }
 BULK_INSERT_SQL_POSTGRES = text(
     "WITH new AS ("
     " INSERT INTO async_task (task_type, status, priority, payload, retry_count, max_retry_count,"
     " retry_strategy, retry_interval, retry_max_delay, retry_jitter, created_by, created_at,"
     " updated_at, next_run_at, attempts, recovery_count, notify_url, principal, idempotency_scope,"
-    " idempotency_key)"
+    " idempotency_key, start_by)"
     " SELECT v.task_type, 'PENDING', v.priority, CAST(:payloads AS jsonb) -> CAST(v.position - 1 AS integer),"
     " 0, v.max_retry_count, v.retry_strategy,"
     " v.retry_interval, v.retry_max_delay, v.retry_jitter, v.created_by, CAST(:now AS timestamptz),"
     " CAST(:now AS timestamptz), v.next_run_at, 0, 0, v.notify_url, v.principal, v.idempotency_scope,"
-    " v.idempotency_key"
+    " v.idempotency_key, v.start_by"
     " FROM unnest(" + ", ".join(f"CAST(:c_{name} AS {kind}[])" for name, kind in BULK_INSERT_COLUMNS.items())
     + ") WITH ORDINALITY AS v(" + ", ".join(BULK_INSERT_COLUMNS) + ", position)"
     " ORDER BY v.position"

@@ -12,7 +12,19 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Integer, bindparam, cast, delete, func, insert, literal, select, text, update
+from sqlalchemy import (
+    Integer,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -114,7 +126,7 @@ class SqliteDialect:
         due = (
             select(AsyncTask.id)
             .where(AsyncTask.status.in_(CLAIMABLE), AsyncTask.next_run_at <= now,
-                   AsyncTask.task_type.in_(types))
+                   AsyncTask.task_type.in_(types), not_past_start_by(now))
             .order_by(AsyncTask.priority.desc(), AsyncTask.next_run_at, AsyncTask.id)
             .limit(limit)
         )
@@ -200,6 +212,11 @@ def _anything_due(session: Session, types: list[str]) -> bool:
     return anything_due is not None
 
 
+def not_past_start_by(now: ColumnElement[datetime]) -> ColumnElement[bool]:
+    """A task without a start deadline, or whose deadline is still ahead: it may start."""
+    return or_(AsyncTask.start_by.is_(None), AsyncTask.start_by > now)
+
+
 def stamp_claim(writer: TaskWriter, chosen: ColumnElement[bool], worker_id: str, token: str,
                 now: ColumnElement[datetime]) -> Sequence[Any]:
     """Move the ``chosen`` waiting tasks to PROCESSING under ``token``, with their CLAIMED events."""
@@ -249,6 +266,7 @@ WITH lim(task_type, concurrency, concurrency_key, rate_count, rate_key, window_s
                {_payload_key('concurrency_key')} AS ckey, {_payload_key('rate_key')} AS rkey
         FROM async_task AS t LEFT JOIN lim AS l ON l.task_type = t.task_type
         WHERE t.status IN ('PENDING', 'RETRYING') AND t.next_run_at <= :now AND t.task_type IN :types
+          AND (t.start_by IS NULL OR t.start_by > :now)
     ) AS c
     WHERE NOT EXISTS (SELECT 1 FROM running AS r
                       WHERE r.task_type = c.task_type AND r.ckey = c.ckey AND r.n >= c.concurrency)

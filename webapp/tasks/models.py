@@ -136,6 +136,8 @@ class AsyncTask(db.Model):  # type: ignore[name-defined,misc]
     progress: Mapped[float | None] = mapped_column(Float, nullable=True)
     progress_message: Mapped[str | None] = mapped_column(String(500), nullable=True)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Flow control (migration 0009): not started by then, never started (CANCELLED by the sweep).
+    start_by: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
         # The claim: due waiting tasks by priority, then by due time, then id (FIFO on ties).
@@ -175,6 +177,10 @@ class AsyncTask(db.Model):  # type: ignore[name-defined,misc]
         Index("ix_async_task_principal_id", "principal", "id"),
         Index("ix_async_task_created_at", "created_at"),
         Index("ix_async_task_finished_at", "finished_at"),
+        # The start-deadline sweep: waiting tasks that have a deadline (migration 0009).
+        Index("ix_async_task_start_by", "start_by",
+              postgresql_where=text("start_by IS NOT NULL AND status IN ('PENDING', 'RETRYING')"),
+              sqlite_where=text("start_by IS NOT NULL AND status IN ('PENDING', 'RETRYING')")),
         UniqueConstraint("idempotency_scope", "idempotency_key", name="uq_async_task_idempotency"),
         # A workflow's tasks by key (one task a key, callbacks included); partial, so tasks
         # outside a workflow add nothing to it (migration 0010).

@@ -46,6 +46,7 @@ TASK_FIELDS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
     ("progress", lambda t: t.progress),
     ("progress_message", lambda t: t.progress_message),
     ("cancel_requested_at", lambda t: iso(t.cancel_requested_at)),
+    ("start_by", lambda t: iso(t.start_by)),
 )
 # Fields a list row replaces by bounded previews (see ``task_preview_to_dict``).
 PREVIEWED = frozenset({"payload", "result", "error"})

@@ -29,6 +29,7 @@ from ..workflows.resolution import workflow_summary
 from ..workflows.submit import SubmittedWorkflow, WorkflowSubmitter
 from . import queries, stats
 from .actions import OperatorActions
+from .deadlines import Deadlines
 from .dialect_postgres import WAKE_CHANNEL
 from .direct import DirectConnection
 from .leases import FinishedAttempt, FinishOutcome, Leases
@@ -67,7 +68,8 @@ class AsyncTaskService(TaskStore):
                run_at: datetime | str | None = None, *, idempotency_key: str | None = None,
                idempotency_scope: str | None = None, notify_url: str | None = None,
                parent_id: int | None = None, commit: bool = True,
-               principal: str | None = None) -> SubmitOutcome:
+               principal: str | None = None, start_by: datetime | str | None = None,
+               expires_in: float | None = None) -> SubmitOutcome:
         """Like ``submit_task`` but says whether an idempotent repeat returned an existing task.
 
         ``commit=False`` joins the caller's transaction: the task is inserted and flushed, and
@@ -77,7 +79,7 @@ class AsyncTaskService(TaskStore):
         return self.part(Submitter).submit(
             task_type, payload, priority, created_by, run_at, idempotency_key=idempotency_key,
             idempotency_scope=idempotency_scope, notify_url=notify_url, parent_id=parent_id, commit=commit,
-            principal=principal)
+            principal=principal, start_by=start_by, expires_in=expires_in)
 
     def submit_many(self, items: Iterable[dict[str, Any]], *, idempotency_scope: str | None = None,
                     commit: bool = True, principal: str | None = None) -> list[TaskSnapshot]:
@@ -235,6 +237,10 @@ class AsyncTaskService(TaskStore):
     def stop_worker(self, worker_id: str) -> None:
         """Record a worker's orderly stop."""
         self.part(Maintenance).stop_worker(worker_id)
+
+    def expire_start_deadlines(self) -> list[int]:
+        """End waiting tasks past their ``start_by`` (CANCELLED, "start deadline passed"); their ids."""
+        return self.part(Deadlines).expire_overdue()
 
     def recover_orphans(self, max_processing_time: float, heartbeat_interval: float,
                         before_commit: Callable[[list[int]], None] | None = None) -> list[int]:

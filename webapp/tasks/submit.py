@@ -58,14 +58,18 @@ class Submitter(TaskStore):
         parent_id: int | None = None,
         commit: bool = True,
         principal: str | None = None,
+        start_by: datetime | str | None = None,
+        expires_in: float | None = None,
     ) -> SubmitOutcome:
         """Queue one task; with ``commit=False`` it joins the caller's transaction (no commit, no wake-up).
 
         ``principal`` (``token:<name>``, ``user:<name>``, ``cli``) is recorded on the task and as
-        its SUBMITTED event's actor.
+        its SUBMITTED event's actor. ``start_by`` (an aware time) or ``expires_in`` (seconds): a
+        task not started by then never starts and ends CANCELLED ("start deadline passed").
         """
         row = task_row(self.processor_for, self.db_now, task_type, payload, priority, created_by, run_at,
-                       idempotency_key, idempotency_scope, notify_url, parent_id, principal)
+                       idempotency_key, idempotency_scope, notify_url, parent_id, principal,
+                       start_by=start_by, expires_in=expires_in)
         unique = self.registry.limits_of(row["task_type"]).unique
         if commit and unique is None and self._may_submit_in_one_statement():
             return self._submit_in_one_statement(row)
@@ -119,7 +123,8 @@ class Submitter(TaskStore):
                 rows.append(task_row(
                     self.processor_for, self.db_now, item.get("task_type"), item.get("payload"),
                     item.get("priority"), item.get("created_by"), item.get("run_at"),
-                    item.get("idempotency_key"), idempotency_scope, item.get("notify_url"), None, principal))
+                    item.get("idempotency_key"), idempotency_scope, item.get("notify_url"), None, principal,
+                    start_by=item.get("start_by"), expires_in=item.get("expires_in")))
             except ValidationError as exc:
                 field = f"tasks[{index}].{exc.field}" if exc.field else f"tasks[{index}]"
                 raise type(exc)(f"item {index}: {exc.message}", field=field) from None

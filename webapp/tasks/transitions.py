@@ -32,6 +32,7 @@ class Actor(enum.StrEnum):
     CONSUMER = "consumer"  # the worker holding the attempt's lease (fenced by its claim token)
     RECOVERY = "recovery"  # the recovery sweep, for attempts whose worker is gone
     WORKFLOW = "workflow"  # a workflow's resolution, in the transaction that ended a parent
+    DEADLINE = "deadline"  # the start-deadline sweep, for waiting tasks past their start_by
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,9 @@ TRANSITIONS: dict[str, Transition] = {t.name: t for t in (
                "cancel", "cancelled"),
     Transition("revive", (CANCELLED,), WAITING, TaskEventKind.RETRIED, Actor.OPERATOR,
                "retry", "retried with its workflow"),
+    # Flow control (docs/flow-control.md): a task not started by its start_by is never started.
+    Transition("expire", (PENDING, RETRYING), CANCELLED, TaskEventKind.CANCELLED, Actor.DEADLINE,
+               "expire", "expired"),
 )}
 
 

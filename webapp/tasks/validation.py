@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..notifications.addresses import validate_webhook_url
@@ -21,7 +21,8 @@ from .registry import payload_from_json
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 # Fields ``submit_many`` accepts in each item (the ``submit_task`` arguments).
 BATCH_ITEM_FIELDS = frozenset({"task_type", "payload", "priority", "created_by", "run_at", "notify_url",
-                               "idempotency_key"})
+                               "idempotency_key", "start_by", "expires_in"})
+MAX_EXPIRES_IN = 10 * 365 * 86400  # seconds: ten years
 
 
 def validate_task_id(value: Any, field: str = "id") -> int:
@@ -95,7 +96,7 @@ def unstorable_text(value: Any) -> str | None:
 def task_row(processor_for: Callable[[str], TaskProcessor], clock: Callable[[], datetime],
              task_type: Any, payload: Any, priority: Any, created_by: Any, run_at: Any,
              idempotency_key: Any, idempotency_scope: Any, notify_url: Any, parent_id: Any,
-             principal: str | None = None) -> dict[str, Any]:
+             principal: str | None = None, start_by: Any = None, expires_in: Any = None) -> dict[str, Any]:
     """The complete new row of a submit, every column set, or a ``ValidationError`` naming the field.
 
     ``principal`` is who submits (``token:<name>``, ``user:<name>``, ``cli``), set by the front
@@ -127,6 +128,7 @@ def task_row(processor_for: Callable[[str], TaskProcessor], clock: Callable[[], 
                               field="idempotency_key")
     if notify_url is not None:
         validate_webhook_url(notify_url, field="notify_url")
+    deadline = start_deadline(start_by, expires_in, now, next_run_at)
     config = processor.get_retry_config()
     return {
         "task_type": task_type,
@@ -163,7 +165,27 @@ def task_row(processor_for: Callable[[str], TaskProcessor], clock: Callable[[], 
         "workflow_id": None,
         "workflow_key": None,
         "pending_parents": 0,
+        "start_by": deadline,
     }
+
+
+def start_deadline(start_by: Any, expires_in: Any, now: datetime, next_run_at: datetime) -> datetime | None:
+    """The time after which a task must not start (``start_by``, or now + ``expires_in`` seconds)."""
+    if start_by is not None and expires_in is not None:
+        raise ValidationError("give start_by or expires_in, not both", field="expires_in")
+    if expires_in is not None:
+        if (isinstance(expires_in, bool) or not isinstance(expires_in, int | float)
+                or not 0 < expires_in <= MAX_EXPIRES_IN):
+            raise ValidationError(f"expires_in must be a number of seconds above 0 and at most {MAX_EXPIRES_IN}",
+                                  field="expires_in")
+        start_by = now + timedelta(seconds=expires_in)
+    elif start_by is not None:
+        start_by = parse_time(start_by, "start_by")
+        if start_by <= now:
+            raise ValidationError("start_by is already past", field="start_by")
+    if start_by is not None and start_by <= next_run_at:
+        raise ValidationError("start_by must be after run_at (the task could never start)", field="start_by")
+    return start_by
 
 
 def checked_batch_item(index: int, item: Any) -> dict[str, Any]:
