@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from flask import Flask
@@ -173,3 +174,15 @@ def test_a_redis_outage_falls_back_to_counting_in_the_database(make_app: Callabl
     assert [attempt(client, f"user{n}", "guess", ATTACKER) for n in range(4)] == [401] * 3 + [429]
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(LoginFailureCounter)) > 0
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_concurrent_throttled_attempts_share_one_audit_row(make_app: Callable[..., Flask], backend: str) -> None:
+    app = make_app(backend)
+    app.extensions["console_login_throttle"] = LoginThrottle(LoginPolicy(per_address_failures=1))
+    assert attempt(app.test_client(), "someone", "guess", ATTACKER) == 401
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(lambda n: attempt(app.test_client(), f"user{n}", "guess", ATTACKER), range(24)))
+    assert statuses == [429] * 24
+    throttled = [row for row in login_audit(app) if row.outcome == "throttled"]
+    assert [(row.target_id, row.detail["count"]) for row in throttled] == [(ATTACKER, 24)]
