@@ -62,14 +62,16 @@ def test_overlap_policies_with_tasks_longer_than_the_interval(make_app: Callable
     finally:
         consumer.stop(grace=5)
 
-    allow = [task for _, task in runs_of(app, "allow")]
-    assert all(task is not None for task in allow), allow
-    statuses = [task.status for task in allow if task is not None]
-    assert "CANCELLED" not in statuses
-    started = [task.started_at for task in allow if task is not None and task.started_at is not None]
-    finished = [task.finished_at for task in allow if task is not None and task.finished_at is not None]
-    assert started and finished and started[1] < finished[0], ("allow: the second run starts before the first "
-                                                               "ends", started, finished)
+    # Slots come every second and each task needs 2.5 s. On a loaded machine a slot can be
+    # written late, so each check looks at what was unfinished when the next slot was written.
+    slack = timedelta(seconds=0.3)
+    allow = runs_of(app, "allow")
+    allow_tasks = [task for _, task in allow]
+    assert all(task is not None and task.status != "CANCELLED" for task in allow_tasks), allow_tasks
+    assert any(later.started_at is not None and earlier.finished_at is not None
+               and later.started_at < earlier.finished_at
+               for earlier, later in zip(allow_tasks, allow_tasks[1:], strict=False) if earlier and later), \
+        "allow: a run starts while the previous one still runs"
 
     skip = runs_of(app, "skip")
     skipped = [run for run, task in skip if task is None]
@@ -81,10 +83,18 @@ def test_overlap_policies_with_tasks_longer_than_the_interval(make_app: Callable
         assert later.created_at >= earlier.finished_at - timedelta(seconds=0.05), (earlier.finished_at,
                                                                                    later.created_at)
 
-    cancel = [task for _, task in runs_of(app, "cancel_previous")]
-    assert all(task is not None for task in cancel)
-    assert all(task.status == "CANCELLED" for task in cancel[:-2] if task is not None), \
-        [task.status for task in cancel if task is not None]
+    cancel = runs_of(app, "cancel_previous")
+    assert all(task is not None for _, task in cancel)
+    cancelled = 0
+    for (_, earlier), (later_run, _) in zip(cancel, cancel[1:], strict=False):
+        assert earlier is not None
+        if earlier.finished_at is None or earlier.finished_at > later_run.created_at + slack:
+            # Still waiting or running when the next slot came: that slot cancelled it (a running
+            # task is asked to stop; one finishing at that very moment may still succeed).
+            assert earlier.status == "CANCELLED" or earlier.cancel_requested_at is not None, \
+                [(task.status, task.cancel_requested_at) for _, task in cancel if task is not None]
+            cancelled += earlier.status == "CANCELLED"
+    assert cancelled >= 1
 
 
 def test_a_schedule_edited_while_running_follows_the_new_definition(make_app: Callable[..., Flask],
