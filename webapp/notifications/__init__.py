@@ -14,8 +14,3 @@ the transaction that writes a task's final status), and checks recipients at sub
 
 See docs/notifications.md.
 """
-
-# The engine (webapp.tasks) imports ``composing`` while it loads, and every module here imports
-# the engine's leaf modules: loading the engine first lets any module of this package be a
-# program's first import without meeting a half-initialised one.
-from .. import tasks as _engine  # noqa: F401
