@@ -11,6 +11,7 @@ the transaction that writes a task's final status), and checks recipients at sub
 * ``webhook``    signed POSTs, to globally routable addresses only
 * ``dispatcher`` the claim pool that sends due rows on threads of its own
 * ``queries``    what the console and the API read
+* ``quota``      how many notifications an API token's tasks may still send this hour
 
 See docs/notifications.md.
 """
