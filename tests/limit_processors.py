@@ -82,3 +82,15 @@ class DebouncedReportProcessor(TaskProcessor):
 
     def get_limits(self) -> TaskLimits:
         return TaskLimits(unique=Unique(fields=("report",), window_seconds=60, statuses=("PENDING",)))
+
+
+class RatedTenProcessor(TaskProcessor):
+    """Ten starts a second for the whole type (the multi-process rate test)."""
+
+    task_type = "RATED_TEN"
+
+    def process(self, task: TaskInfo, payload: dict) -> TaskResult:
+        return TaskResult.success({})
+
+    def get_limits(self) -> TaskLimits:
+        return TaskLimits(rate=RateLimit(10, 1.0))

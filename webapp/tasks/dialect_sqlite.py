@@ -107,6 +107,13 @@ class SqliteDialect:
         """Not offered (``submits_in_one_statement`` is False): a submit takes the ORM path."""
         raise NotImplementedError("SQLite submits through the session (BEGIN IMMEDIATE)")
 
+    resolves_in_succeed = False
+
+    def succeed_resolving(self, writer: TaskWriter, successes: Sequence[Success], worker_id: str | None
+                          ) -> Any:
+        """Not offered (``resolves_in_succeed`` is False): workflows resolve statement by statement."""
+        raise NotImplementedError("SQLite resolves workflows after the success statement")
+
     def insert_tasks(self, writer: TaskWriter, rows: list[dict[str, Any]]) -> list[int]:
         """One multi-row INSERT … RETURNING in input order, then the SUBMITTED events."""
         ids = list(writer.session.execute(
@@ -122,11 +129,11 @@ class SqliteDialect:
         if not _anything_due(session, types):
             return []
         writer.begin_write()
-        now = writer.now()
+        now = utcnow()
         due = (
             select(AsyncTask.id)
-            .where(AsyncTask.status.in_(CLAIMABLE), AsyncTask.next_run_at <= now,
-                   AsyncTask.task_type.in_(types), not_past_start_by(now))
+            .where(AsyncTask.status.in_(CLAIMABLE), AsyncTask.next_run_at <= literal(now, UTCDateTime()),
+                   AsyncTask.task_type.in_(types), not_past_start_by(literal(now, UTCDateTime())))
             .order_by(AsyncTask.priority.desc(), AsyncTask.next_run_at, AsyncTask.id)
             .limit(limit)
         )
@@ -159,8 +166,7 @@ class SqliteDialect:
         allowed = session.execute(statement, params).all()
         if not allowed:
             return []
-        rows = stamp_claim(writer, AsyncTask.id.in_([a.id for a in allowed]), worker_id, token,
-                           literal(now, UTCDateTime()))
+        rows = stamp_claim(writer, AsyncTask.id.in_([a.id for a in allowed]), worker_id, token, now)
         claimed = {r.id for r in rows}
         starts = [{"task_type": a.task_type, "rate_key": a.rkey, "started_at": now}
                   for a in allowed if a.rate_count is not None and a.id in claimed]
@@ -218,18 +224,23 @@ def not_past_start_by(now: ColumnElement[datetime]) -> ColumnElement[bool]:
 
 
 def stamp_claim(writer: TaskWriter, chosen: ColumnElement[bool], worker_id: str, token: str,
-                now: ColumnElement[datetime]) -> Sequence[Any]:
-    """Move the ``chosen`` waiting tasks to PROCESSING under ``token``, with their CLAIMED events."""
+                now: datetime) -> Sequence[Any]:
+    """Move the ``chosen`` waiting tasks to PROCESSING under ``token``, with their CLAIMED events.
+
+    One time for the start, the event and a rate window's start log: the event log must agree
+    with what the limits counted.
+    """
+    at = literal(now, UTCDateTime())
     rows = writer.session.execute(
         update(AsyncTask)
         .where(chosen, AsyncTask.status.in_(CLAIMABLE))
         .values(status=TaskStatus.PROCESSING.value, claim_token=token, worker_id=worker_id,
-                started_at=now, updated_at=now, attempts=AsyncTask.attempts + 1,
+                started_at=at, updated_at=at, attempts=AsyncTask.attempts + 1,
                 progress=None, progress_message=None)
         .returning(*CLAIM_RETURNING)
         .execution_options(synchronize_session=False)
     ).all()
-    writer.write_events([writer.transition_event("claim", r.id, attempt=r.attempts, worker_id=worker_id)
+    writer.write_events([writer.transition_event("claim", r.id, attempt=r.attempts, worker_id=worker_id, at=now)
                          for r in rows])
     return rows
 
