@@ -181,7 +181,7 @@ class FaultInjector:
     pg_url: str
     injected: collections.Counter[str] = field(default_factory=collections.Counter)
     skipped: collections.Counter[str] = field(default_factory=collections.Counter)
-    worker_kills: list[tuple[float, int]] = field(default_factory=list)  # (monotonic time, pid)
+    log: list[tuple[float, str, str]] = field(default_factory=list)  # (monotonic time, kind, target)
     killed_pids: set[int] = field(default_factory=set)
     _paused: dict[int, float] = field(default_factory=dict)  # pid -> when to resume
     _redis_back_at: float | None = None
@@ -205,45 +205,52 @@ class FaultInjector:
         slot = self.rng.randrange(self.supervisor.slots)
         pause = self.rng.uniform(*PAUSE_SECONDS)
         outage = self.rng.uniform(*REDIS_DOWN_SECONDS)
-        done = {"kill -9": lambda: self._kill_worker(slot),
-                "SIGSTOP": lambda: self._pause_worker(slot, pause),
-                "redis kill": lambda: self._kill_redis(outage),
-                "pg_terminate_backend": lambda: terminate_connections(self.pg_url) > 0,
-                "gunicorn kill -9": lambda: self._kill_gunicorn_worker(slot)}[kind]()
-        (self.injected if done else self.skipped)[kind] += 1
+        target = {"kill -9": lambda: self._kill_worker(slot),
+                  "SIGSTOP": lambda: self._pause_worker(slot, pause),
+                  "redis kill": lambda: self._kill_redis(outage),
+                  "pg_terminate_backend": lambda: f"{terminate_connections(self.pg_url)} connections",
+                  "gunicorn kill -9": lambda: self._kill_gunicorn_worker(slot)}[kind]()
+        if target is None:
+            self.skipped[kind] += 1
+            return
+        self.injected[kind] += 1
+        self.log.append((time.monotonic(), kind, target))
 
-    def _kill_worker(self, slot: int) -> bool:
+    def worker_kills(self) -> list[tuple[float, int]]:
+        """(time, pid) of every ``kill -9`` of a task worker."""
+        return [(at, int(target)) for at, kind, target in self.log if kind == "kill -9"]
+
+    def _kill_worker(self, slot: int) -> str | None:
         worker = self.supervisor.current[slot]
         if worker.process.poll() is not None:
-            return False
+            return None
         worker.send(signal.SIGKILL)
-        self.worker_kills.append((time.monotonic(), worker.pid))
         self.killed_pids.add(worker.pid)
         self._paused.pop(worker.pid, None)
-        return True
+        return str(worker.pid)
 
-    def _pause_worker(self, slot: int, seconds: float) -> bool:
+    def _pause_worker(self, slot: int, seconds: float) -> str | None:
         worker = self.supervisor.current[slot]
         if worker.pid in self._paused or worker.process.poll() is not None:
-            return False
+            return None
         os.kill(worker.pid, signal.SIGSTOP)
         self._paused[worker.pid] = time.monotonic() + seconds
-        return True
+        return f"{worker.pid} for {seconds:.1f}s"
 
-    def _kill_redis(self, seconds: float) -> bool:
+    def _kill_redis(self, seconds: float) -> str | None:
         if self._redis_back_at is not None:
-            return False
+            return None
         self.redis.kill()
         self._redis_back_at = time.monotonic() + seconds
-        return True
+        return f"down {seconds:.1f}s"
 
-    def _kill_gunicorn_worker(self, slot: int) -> bool:
+    def _kill_gunicorn_worker(self, slot: int) -> str | None:
         pids = sorted(self.gunicorn.worker_pids())
         if not pids:
-            return False
+            return None
         with contextlib.suppress(ProcessLookupError):
             os.kill(pids[slot % len(pids)], signal.SIGKILL)
-        return True
+        return str(pids[slot % len(pids)])
 
     def _heal(self, now: float) -> None:
         for pid, resume_at in list(self._paused.items()):

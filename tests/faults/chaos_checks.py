@@ -18,7 +18,7 @@ from tests.chaos_processors import OUTCOMES
 from tests.conftest import wait_until
 from tests.faults.chaos import ApiLoad
 from tests.faults.support import committed_runs, status_counts
-from tests.proc_utils import ProcessPool, RunRecord, read_run_log
+from tests.proc_utils import ProcessPool, RunRecord, read_run_log, tail
 from tests.smtp_server import ReceivedMail
 from webapp.extensions import db
 from webapp.tasks.models import AsyncTask, Notification, TaskEvent
@@ -229,7 +229,7 @@ class MailReport:
 
 
 def check_mails(outcome: Outcome, mails: list[tuple[float, ReceivedMail]],
-                worker_kills: list[tuple[float, int]]) -> MailReport:
+                faults: list[tuple[float, str, str]]) -> MailReport:
     """Each finished task's creator got one mail; a repeat only right after a worker kill."""
     problems, duplicates = [], []
     by_task: dict[int, list[tuple[float, ReceivedMail]]] = collections.defaultdict(list)
@@ -257,17 +257,39 @@ def check_mails(outcome: Outcome, mails: list[tuple[float, ReceivedMail]],
             continue
         if len(copies) > 1:
             seen = sorted(at for at, _ in copies)
-            kills = [(at, pid) for at, pid in worker_kills
-                     if seen[0] - MAIL_CLOCK_LAG <= at <= seen[0] + SENT_NOT_RECORDED_WINDOW]
+            kills = [(at, int(pid)) for at, kind, pid in faults if kind == "kill -9"
+                     and seen[0] - MAIL_CLOCK_LAG <= at <= seen[0] + SENT_NOT_RECORDED_WINDOW]
             if kills and note.attempts >= len(copies):
                 duplicates.append(f"task {task.id}: {len(copies)} copies, Message-ID {message_ids.pop()}; "
                                   f"worker {kills[0][1]} killed {kills[0][0] - seen[0]:+.2f}s after the "
                                   f"first arrived, the repeat {seen[1] - seen[0]:.0f}s later")
             else:
-                problems.append(f"task {task.id}: {len(copies)} copies of one mail, notification attempts "
-                                f"{note.attempts}, no worker killed within {SENT_NOT_RECORDED_WINDOW}s "
-                                f"after the first copy")
+                nearby = [f"{kind} {target} {at - seen[0]:+.1f}s" for at, kind, target in faults
+                          if abs(at - seen[0]) <= 10]
+                problems.append(f"task {task.id}: {len(copies)} copies of one mail ({seen[1] - seen[0]:.0f}s "
+                                f"apart), notification attempts {note.attempts}, no worker killed within "
+                                f"{SENT_NOT_RECORDED_WINDOW}s after the first copy; faults around it: {nearby}")
     return MailReport(len(mails), duplicates, problems)
+
+
+def check_worker_deaths(deaths: list[tuple[str, int, int]], killed: set[int],
+                        pool: ProcessPool) -> tuple[list[str], list[str]]:
+    """Workers that exited without being killed: (problems, start-up casualties).
+
+    A worker whose database connection was terminated while it registered, before its consumer
+    ran, exits 1 and is restarted (as systemd would) having held nothing: reported, not failed.
+    Any other exit of its own is a problem.
+    """
+    problems, casualties = [], []
+    for name, pid, code in deaths:
+        if pid in killed:
+            continue
+        text = pool.by_pid(pid).log_text()
+        if not re.search(r"consumer \S+ started", text) and "OperationalError" in text:
+            casualties.append(f"{name} (pid {pid})")
+        else:
+            problems.append(f"worker {name} (pid {pid}) exited with {code}:\n{tail(text, 15)}")
+    return problems, casualties
 
 
 def assert_none(problems: dict[str, list[str]], seed: int) -> None:
