@@ -71,11 +71,12 @@ def pg_app(make_app: Callable[..., Flask]) -> Flask:
 def test_one_statement_submit_matches_the_orm_path(pg_app: Flask) -> None:
     with pg_app.app_context():
         service = AsyncTaskService()
-        fast = service.submit("NOOP", {"n": 1}, created_by="alice").task
+        fast = service.submit("NOOP", {"n": 1}, created_by="alice", principal="token:alice").task
         db.session.remove()
         assert isinstance(fast, AsyncTask) and fast.id is not None
         service.session.add(AuditEntry(actor="x", action="pending", target_type=None, target_id=None))
-        slow = service.submit("NOOP", {"n": 1}, created_by="alice").task  # pending work: ORM path
+        slow = service.submit("NOOP", {"n": 1}, created_by="alice",
+                              principal="token:alice").task  # pending work: ORM path
         db.session.remove()
         stored = db.session.get(AsyncTask, fast.id)
         assert stored is not None
@@ -85,7 +86,8 @@ def test_one_statement_submit_matches_the_orm_path(pg_app: Flask) -> None:
             {k: v for k, v in task_to_dict(slow).items() if k not in ("id", "created_at", "updated_at", "next_run_at")}
         events = db.session.execute(select(TaskEvent.kind, TaskEvent.to_status, TaskEvent.actor)
                                     .where(TaskEvent.task_id == fast.id)).all()
-        assert [tuple(e) for e in events] == [("SUBMITTED", "PENDING", "alice")]
+        # The SUBMITTED event names who submitted (the principal), not the creator to notify.
+        assert [tuple(e) for e in events] == [("SUBMITTED", "PENDING", "token:alice")]
         # The connection went back to the pool in its normal (transactional) mode.
         assert db.session.connection().connection.dbapi_connection.autocommit is False
         db.session.remove()
