@@ -19,7 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
+
 from tests.faults.processors import write_run_row
+from webapp.extensions import db
 from webapp.tasks import RetryConfig, RetryStrategy, TaskInfo, TaskProcessor, TaskResult
 
 CHAOS_TYPE = "CHAOS_WORK"
@@ -72,3 +75,29 @@ class ChaosProcessor(TaskProcessor):
         if outcome == "fail_always" or (outcome == "fail_once" and task.retry_count == 0):
             raise ChaosFailure(f"{outcome} on purpose (attempt {task.attempt})")
         return TaskResult.success({"pid": os.getpid(), "attempt": task.attempt})
+
+
+LOST_CONNECTION_TYPE = "CHAOS_LOST_CONNECTION"
+
+
+class LostConnectionProcessor(TaskProcessor):
+    """The chaos run's stuck task, made deterministic: attempt 1 writes its row, has its own
+    database connection terminated (``pg_terminate_backend`` from another pooled connection, as
+    a failover or an operator would) and then fails, so the rollback of its writes meets a dead
+    connection. Later attempts succeed. PostgreSQL only."""
+
+    task_type = LOST_CONNECTION_TYPE
+    retry_config = RetryConfig(max_retry_count=2, strategy=RetryStrategy.FIXED, base_interval=0.2)
+
+    def process(self, task: TaskInfo, payload: dict[str, Any]) -> TaskResult:
+        note_execution("start", task)
+        if task.attempt > 1:
+            note_execution("done", task)
+            return TaskResult.success({"attempt": task.attempt})
+        write_run_row(task)
+        own_backend = db.session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with db.engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": own_backend})
+            other.commit()
+        note_execution("done", task)
+        raise ChaosFailure("attempt 1 fails after its connection was terminated")
