@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "claim": "bench.claim",
     "memory": "bench.memory",
     "peers": "bench.peers",
+    "workflows": "bench.workflows",
 }
 
 

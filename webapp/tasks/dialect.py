@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -20,6 +20,9 @@ from .attempt import TaskInfo
 from .direct import DirectConnection
 from .limits import ClaimLimit
 from .models import TaskEventKind
+
+if TYPE_CHECKING:
+    from .dialect_postgres import ResolvedSuccesses
 
 Query = TypeVar("Query")
 
@@ -105,4 +108,12 @@ class Dialect(Protocol):
     def succeed(self, writer: TaskWriter, successes: Sequence[Success], worker_id: str | None
                 ) -> tuple[set[tuple[int, str]], set[tuple[int, str]]]:
         """Fenced SUCCESS of many attempts with events: (attempts that won, those with a cancel request)."""
+
+    # Whether ``succeed_resolving`` exists: successes of workflow tasks counted and their
+    # dependents released by the success statement itself (docs/workflows.md).
+    resolves_in_succeed: bool
+
+    def succeed_resolving(self, writer: TaskWriter, successes: Sequence[Success], worker_id: str | None
+                          ) -> ResolvedSuccesses:
+        """``succeed`` that also counts workflow tasks and releases their dependents, in one statement."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -192,6 +193,62 @@ SELECT id, token, cancel_requested_at FROM done
 """
 SUCCEED_SQL_POSTGRES = text(SUCCEED_SQL)
 SUCCEED_SQL_DIRECT = pyformat(SUCCEED_SQL)
+
+# SUCCEED_SQL for a batch holding a workflow's tasks (docs/workflows.md): the same fenced
+# success, then the workflows' success counts (which takes their rows' locks: an InitPlan of
+# ``released`` reads ``counted``, so the workflow rows are always locked before any dependent,
+# the order every workflow change keeps), then one off ``pending_parents`` of each WAITING
+# child, which becomes PENDING (with its UNBLOCKED event) at 0. One round trip; the rare
+# follow-up (a workflow ended or has failures: its status and callbacks) is ``settle_ids``.
+SUCCEED_RESOLVING_SQL = text("""
+WITH done AS (
+    UPDATE async_task AS t
+    SET status = 'SUCCESS', result = v.result, error = NULL, claim_token = NULL,
+        finished_at = statement_timestamp(), updated_at = statement_timestamp()
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS text[]), CAST(:results AS jsonb[]))
+         AS v(id, token, result)
+    WHERE t.id = v.id AND t.claim_token = v.token AND t.status = 'PROCESSING'
+    RETURNING t.id, v.token, t.attempts, t.cancel_requested_at, t.workflow_id, t.workflow_key
+), events AS (
+    INSERT INTO task_event (task_id, at, kind, from_status, to_status, attempt, worker_id)
+    SELECT id, statement_timestamp(), 'SUCCEEDED', 'PROCESSING', 'SUCCESS', attempts, :worker FROM done
+), counted AS (
+    UPDATE workflow AS w SET succeeded = w.succeeded + m.n, updated_at = statement_timestamp()
+    FROM (SELECT workflow_id, count(*) AS n FROM done
+          WHERE workflow_id IS NOT NULL AND left(workflow_key, 1) <> '@' GROUP BY workflow_id) AS m
+    WHERE w.id = m.workflow_id
+    RETURNING w.id, (w.succeeded + w.failed + w.cancelled >= w.task_count OR w.failed > 0
+                     OR w.status <> 'RUNNING') AS to_settle
+), released AS (
+    UPDATE async_task AS c
+    SET pending_parents = c.pending_parents - r.n,
+        status = CASE WHEN c.pending_parents <= r.n THEN 'PENDING' ELSE c.status END,
+        next_run_at = CASE WHEN c.pending_parents <= r.n THEN statement_timestamp() ELSE c.next_run_at END,
+        updated_at = statement_timestamp()
+    FROM (SELECT e.child_id, count(*) AS n FROM workflow_edge AS e JOIN done AS d ON e.parent_id = d.id
+          GROUP BY e.child_id) AS r
+    WHERE c.id = r.child_id AND c.status = 'WAITING' AND (SELECT count(*) FROM counted) >= 0
+    RETURNING c.id, c.status
+), unblocked AS (
+    INSERT INTO task_event (task_id, at, kind, from_status, to_status, message)
+    SELECT id, statement_timestamp(), 'UNBLOCKED', 'WAITING', 'PENDING', 'every parent succeeded'
+    FROM released WHERE status = 'PENDING'
+)
+SELECT 'task' AS kind, id, token, cancel_requested_at FROM done
+UNION ALL SELECT 'settle', id, NULL, NULL FROM counted WHERE to_settle
+UNION ALL SELECT 'released', id, NULL, NULL FROM released WHERE status = 'PENDING'
+""")
+
+
+@dataclass(frozen=True)
+class ResolvedSuccesses:
+    """What ``succeed_resolving`` did: attempts that won, those with a cancel request, the
+    workflows to settle (ended or with failures) and whether dependents became due."""
+
+    won: set[tuple[int, str]]
+    too_late: set[tuple[int, str]]
+    settle_ids: list[int]
+    released: bool
 
 # Bulk submit: one array a column instead of one parameter a cell, which keeps a 1,000-task
 # insert a single short statement; SUBMITTED events are written by the same call. Payloads
@@ -411,6 +468,18 @@ class PostgresDialect:
             "l_rate_count": [g.rate_count for g in gated], "l_rate_per": [g.rate_per for g in gated],
             "l_rate_key": [g.rate_key for g in gated]}
         return session.execute(CLAIM_LIMITED_SQL, params).all()
+
+    resolves_in_succeed = True
+
+    def succeed_resolving(self, writer: TaskWriter, successes: Sequence[Success], worker_id: str | None
+                          ) -> ResolvedSuccesses:
+        """``SUCCEED_RESOLVING_SQL`` in the caller's transaction."""
+        rows = writer.session.execute(SUCCEED_RESOLVING_SQL, succeed_params(successes, worker_id)).all()
+        tasks = [row for row in rows if row.kind == "task"]
+        return ResolvedSuccesses({(row.id, row.token) for row in tasks},
+                                 {(row.id, row.token) for row in tasks if row.cancel_requested_at is not None},
+                                 sorted(row.id for row in rows if row.kind == "settle"),
+                                 any(row.kind == "released" for row in rows))
 
     def succeed(self, writer: TaskWriter, successes: Sequence[Success], worker_id: str | None
                 ) -> tuple[set[tuple[int, str]], set[tuple[int, str]]]:

@@ -17,7 +17,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ..workflows.resolution import MemberChange, is_member, members_changed, with_workflow_inputs
+from ..workflows.resolution import (
+    MemberChange,
+    is_member,
+    members_changed,
+    settle_workflows,
+    with_workflow_inputs,
+)
 from .attempt import TaskInfo
 from .dialect_postgres import succeed_directly
 from .direct import DirectConnection
@@ -161,8 +167,6 @@ class Leases(TaskStore):
             if attempt_key(item.task) in won:
                 outcomes[attempt_key(item.task)] = FinishOutcome(TaskStatus.SUCCESS.value)
                 notify_task_ended(self, item.task, TaskStatus.SUCCESS.value, item.result)
-        self._resolve_workflows([item.task for item in successes if attempt_key(item.task) in won],
-                                TaskStatus.SUCCESS.value)
         for item in finished:
             if not item.result.success:
                 outcome = self._apply_outcome(item.task, item.result, worker_id, item.traceback)
@@ -200,7 +204,17 @@ class Leases(TaskStore):
         """Fenced SUCCESS of many attempts; returns the (task id, claim token) of those that won."""
         if not successes:
             return set()
-        won, too_late = self.dialect.succeed(self, successes, worker_id)
+        if self.dialect.resolves_in_succeed and any(item.task.workflow_id is not None for item in successes):
+            # One statement: successes, workflow counts and released dependents (PostgreSQL).
+            resolved = self.dialect.succeed_resolving(self, successes, worker_id)
+            won, too_late = resolved.won, resolved.too_late
+            if settle_workflows(self, resolved.settle_ids) or resolved.released:
+                self.dialect.wake_consumers(self.session)
+                self._made_work_due = True
+        else:
+            won, too_late = self.dialect.succeed(self, successes, worker_id)
+            self._resolve_workflows([item.task for item in successes if attempt_key(item.task) in won],
+                                    TaskStatus.SUCCESS.value)
         self.write_events([self._cancel_too_late(item.task, TaskStatus.SUCCESS.value, worker_id)
                            for item in successes if attempt_key(item.task) in too_late])
         return won

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
+from ..extensions import db
 from ..tasks.attempt import TaskInfo
 from ..tasks.errors import ValidationError
 from ..tasks.models import AsyncTask, TaskStatus
@@ -69,32 +70,53 @@ def is_member(workflow_id: int | None, workflow_key: str | None) -> bool:
 
 
 def members_changed(store: TaskStore, changes: Iterable[MemberChange], actor: str | None = None) -> bool:
-    """Release, cancel downstream, count and settle after these changes; True if work became due.
+    """Count, release, cancel downstream and settle after these changes; True if work became due.
 
-    No commit: the caller's transaction holds the change that caused this.
+    The first statement moves the workflows' ended counts and so takes their rows' locks (in
+    id order); everything after it, in this transaction, sees them alone. No commit: the
+    caller's transaction holds the change that caused this.
     """
     changes = list(changes)
     if not changes:
         return False
-    workflows = lock_workflows(store, {change.workflow_id for change in changes})
     deltas: dict[int, Counter[str]] = defaultdict(Counter)
-    for change in changes:
+    for change in changes:  # a change between statuses that are not ended still settles its workflow
+        delta = deltas[change.workflow_id]
         if change.from_status in ENDED_COUNTER:
-            deltas[change.workflow_id][ENDED_COUNTER[change.from_status]] -= 1
+            delta[ENDED_COUNTER[change.from_status]] -= 1
         if change.to_status in ENDED_COUNTER:
-            deltas[change.workflow_id][ENDED_COUNTER[change.to_status]] += 1
+            delta[ENDED_COUNTER[change.to_status]] += 1
+    workflows = count_ended(store, deltas)
     made_due = release_children(store, [c.task_id for c in changes if c.to_status == SUCCESS])
-    stopping = [c for c in changes if c.to_status == CANCELLED or (
+    stopping = [c.task_id for c in changes if c.to_status == CANCELLED or (
         c.to_status == FAILURE and workflows[c.workflow_id]["on_failure"] == FailurePolicy.CANCEL_DEPENDENTS)]
-    for workflow_id, count in cancel_downstream(store, [c.task_id for c in stopping], actor).items():
-        deltas[workflow_id]["cancelled"] += count
-    for workflow_id, delta in deltas.items():
-        made_due |= settle(store, workflows[workflow_id], delta)
+    cascaded = cancel_downstream(store, stopping, actor)
+    if cascaded:
+        workflows.update(count_ended(store, {wf: Counter(cancelled=n) for wf, n in cascaded.items()}))
+    for workflow in workflows.values():
+        made_due |= settle(store, workflow)
     return made_due
 
 
+def count_ended(store: TaskStore, deltas: dict[int, Counter[str]]) -> dict[int, dict[str, Any]]:
+    """Add ``deltas`` to the workflows' ended counts, in id order; their rows, locked, as they now are."""
+    rows: dict[int, dict[str, Any]] = {}
+    now = store.now()
+    for workflow_id in sorted(deltas):
+        delta = deltas[workflow_id]
+        row = store.session.execute(
+            update(Workflow).where(Workflow.id == workflow_id)
+            .values(updated_at=now, **{name: getattr(Workflow, name) + delta[name]
+                                       for name in ("succeeded", "failed", "cancelled") if delta[name]})
+            .returning(*Workflow.__table__.c).execution_options(synchronize_session=False)
+        ).mappings().first()
+        if row is not None:
+            rows[workflow_id] = dict(row)
+    return rows
+
+
 def lock_workflows(store: TaskStore, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
-    """The workflows' rows, locked in id order (the lock every change of a workflow takes first)."""
+    """The workflows' rows, locked in id order (an operator's action takes them before changing tasks)."""
     rows = store.session.execute(
         select(Workflow.__table__).where(Workflow.id.in_(sorted(ids))).order_by(Workflow.id).with_for_update()
     ).mappings().all()
@@ -159,25 +181,26 @@ def cancel_downstream(store: TaskStore, stopped: Sequence[int], actor: str | Non
     return cancelled
 
 
-def settle(store: TaskStore, workflow: dict[str, Any], delta: Counter[str]) -> bool:
-    """Apply the counts, decide the workflow's status, insert the callbacks it fires; True if any."""
-    counts = {name: workflow[name] + delta[name] for name in ("succeeded", "failed", "cancelled")}
-    ended = sum(counts.values())
+def settle(store: TaskStore, workflow: dict[str, Any]) -> bool:
+    """Decide the workflow's status from its counts, store a change, insert the callbacks it fires.
+
+    True if a callback was inserted (work became due).
+    """
+    counts = {name: workflow[name] for name in ("succeeded", "failed", "cancelled")}
     status = WorkflowStatus.RUNNING.value
-    if ended >= workflow["task_count"]:
+    if sum(counts.values()) >= workflow["task_count"]:
         status = (WorkflowStatus.SUCCEEDED.value if counts["succeeded"] == workflow["task_count"]
                   else WorkflowStatus.FAILED.value if counts["failed"] else WorkflowStatus.CANCELLED.value)
     elif counts["failed"] and not any_active(store, workflow["id"]):
         status = "STALLED"
     stored_status = WorkflowStatus.FAILED.value if status == "STALLED" else status
-    now = store.now()
-    store.session.execute(
-        update(Workflow).where(Workflow.id == workflow["id"])
-        .values(updated_at=now, status=stored_status,
-                finished_at=None if stored_status == WorkflowStatus.RUNNING.value else
-                (workflow["finished_at"] or now), **counts)
-        .execution_options(synchronize_session=False))
-    workflow.update(counts, status=stored_status)
+    if stored_status != workflow["status"]:
+        finished_at = None if stored_status == WorkflowStatus.RUNNING.value else store.now()
+        store.session.execute(
+            update(Workflow).where(Workflow.id == workflow["id"])
+            .values(status=stored_status, finished_at=finished_at)
+            .execution_options(synchronize_session=False))
+        workflow["status"] = stored_status
     made_due = False
     for kind in CALLBACKS_FOR.get(status, ()):
         made_due |= fire_callback(store, workflow, kind)
@@ -216,23 +239,50 @@ def fire_callback(store: TaskStore, workflow: dict[str, Any], kind: str) -> bool
 # -- what a claimed task of a workflow receives ---------------------------------------------------
 
 
+class ParentResults(Mapping[str, Any]):
+    """``task.parent_results``: its parents' results by key, read on first use.
+
+    Most processors never look, so the claim does not pay for it. The read uses a connection of
+    its own, not the attempt's session: on SQLite a transaction that read first could not take
+    the write lock the finish needs.
+    """
+
+    def __init__(self, task_id: int) -> None:
+        self._task_id = task_id
+        self._results: dict[str, Any] | None = None
+
+    def _loaded(self) -> dict[str, Any]:
+        if self._results is None:
+            parent = AsyncTask.__table__.alias("parent")
+            with db.engine.connect() as connection:
+                rows = connection.execute(
+                    select(parent.c.workflow_key, parent.c.result)
+                    .join(WorkflowEdge, WorkflowEdge.parent_id == parent.c.id)
+                    .where(WorkflowEdge.child_id == self._task_id)).all()
+            self._results = {row.workflow_key: row.result for row in rows}
+        return self._results
+
+    def __getitem__(self, key: str) -> Any:
+        return self._loaded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaded())
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    def __repr__(self) -> str:
+        return f"ParentResults(task {self._task_id})"
+
+
 def with_workflow_inputs(store: TaskStore, claimed: list[TaskInfo]) -> list[TaskInfo]:
-    """Claimed tasks with ``parent_results`` (and, for callbacks, ``workflow_summary``) filled in."""
-    members = [task.id for task in claimed if is_member(task.workflow_id, task.workflow_key)]
-    results: dict[int, dict[str, Any]] = defaultdict(dict)
-    if members:
-        parent = AsyncTask.__table__.alias("parent")
-        for row in store.session.execute(
-                select(WorkflowEdge.child_id, parent.c.workflow_key, parent.c.result)
-                .join(parent, parent.c.id == WorkflowEdge.parent_id)
-                .where(WorkflowEdge.child_id.in_(members))):
-            results[row.child_id][row.workflow_key] = row.result
+    """Claimed tasks with ``parent_results`` (read when used) and, for callbacks, the workflow's summary."""
     summaries = {task.workflow_id: workflow_summary(store, task.workflow_id) for task in claimed
                  if task.workflow_id is not None and not is_member(task.workflow_id, task.workflow_key)}
     out = []
     for task in claimed:
-        if task.id in results:
-            task = replace(task, parent_results=results[task.id])
+        if is_member(task.workflow_id, task.workflow_key):
+            task = replace(task, parent_results=ParentResults(task.id))
         elif task.workflow_id in summaries:
             summary = summaries[task.workflow_id]
             task = replace(task, parent_results=summary["results"], workflow_summary=summary)
@@ -277,3 +327,13 @@ def operator_changed(store: TaskStore, name: str, rows: Sequence[Any], actor: st
     starts = TRANSITIONS[name].from_statuses
     from_status = starts[0] if len(starts) == 1 else None
     return members_changed(store, changes_of(rows, from_status, transition_target(name)), actor)
+
+
+def settle_workflows(store: TaskStore, workflow_ids: Sequence[int]) -> bool:
+    """Lock and settle these workflows (their counts already moved); True if a callback became due."""
+    if not workflow_ids:
+        return False
+    made_due = False
+    for workflow in lock_workflows(store, workflow_ids).values():
+        made_due |= settle(store, workflow)
+    return made_due
