@@ -41,15 +41,17 @@ class TaskLogContext:
     task_id: int
     task_type: str
     attempt: int
+    # Hides the task's sensitive payload values in every line (and traceback) of the attempt.
+    scrub: Callable[[str], str] | None = None
 
 
 current_task: ContextVar[TaskLogContext | None] = ContextVar("taskdeck_current_task", default=None)
 
 
 @contextmanager
-def task_log_context(task: Any) -> Iterator[TaskLogContext]:
+def task_log_context(task: Any, scrub: Callable[[str], str] | None = None) -> Iterator[TaskLogContext]:
     """Tag every log record of this thread with ``task``'s id, type and attempt while it runs."""
-    context = TaskLogContext(int(task.id), str(task.task_type), int(task.attempt))
+    context = TaskLogContext(int(task.id), str(task.task_type), int(task.attempt), scrub)
     token = current_task.set(context)
     try:
         yield context
@@ -77,10 +79,19 @@ def install_record_factory() -> None:
         record.attempt = context.attempt if context else None
         record.task_suffix = (f" [task={context.task_id} type={context.task_type} "
                               f"attempt={context.attempt}]" if context else "")
+        if context is not None and context.scrub is not None:
+            _scrub_record(record, context.scrub)
         return record
 
     logging.setLogRecordFactory(factory)
     _installed_factory = factory
+
+
+def _scrub_record(record: logging.LogRecord, scrub: Callable[[str], str]) -> None:
+    """Replace the record's message (and its traceback's text) by their scrubbed versions."""
+    record.msg, record.args = scrub(record.getMessage()), None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
 
 
 # -- formatters -----------------------------------------------------------------------------
@@ -119,7 +130,7 @@ class JsonFormatter(logging.Formatter):
             if name not in _STANDARD_ATTRIBUTES and name not in document and _is_plain(value):
                 document[name] = value
         if record.exc_info:
-            document["exc_info"] = self.formatException(record.exc_info)
+            document["exc_info"] = record.exc_text or self.formatException(record.exc_info)
         if record.stack_info:
             document["stack_info"] = self.formatStack(record.stack_info)
         return json.dumps(document, ensure_ascii=False, default=str)

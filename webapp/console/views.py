@@ -8,6 +8,7 @@ session. Which buttons a task shows is the transition table's answer (``transiti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -30,6 +31,13 @@ from ..tasks import stats
 from ..tasks.bulk import BulkOperations, BulkPreview, Selection, parse_action
 from ..tasks.errors import InvalidTransition, TaskNotFound, ValidationError
 from ..tasks.lineage import lineage_of
+from ..tasks.masking import (
+    mask_json_text,
+    mask_payload,
+    scrub_text,
+    secret_values,
+    sensitive_fields_for,
+)
 from ..tasks.models import AsyncTask, utcnow
 from ..tasks.queries import ALL_TYPES, TaskPage
 from ..tasks.serialize import task_to_dict
@@ -118,7 +126,9 @@ def _task_list_context(query: TaskQuery) -> dict[str, Any]:
     return {
         "query": query,
         "page": page,
-        "matches": {task.id: search_match(search, task.error_head, task.payload_head) for task in page.items}
+        "matches": {task.id: search_match(search, task.error_head,
+                                          mask_json_text(task.payload_head, sensitive_fields_for(task.task_type)))
+                    for task in page.items}
         if search else {},
         "live": any(not stats.is_terminal(task.status) for task in page.items),
         "selected": _selected_ids(),
@@ -169,13 +179,21 @@ def _detail_context(task: AsyncTask, message: str | None = None, level: str = "i
     events = AsyncTaskService().events_for(task.id)
     notifications = stats.notifications_for(task.id)
     fields = task_to_dict(task)
+    secrets = secret_values(task.payload, sensitive_fields_for(task.task_type))
     return {
         "task": task,
+        # Sensitive payload values never reach the page, not even inside an error or traceback.
+        "payload": fields["payload"],
+        "error": fields["error"],
         # A webhook URL may carry credentials (https://user:secret@…): never on screen.
         "fields": [(name, mask_credentials(fields.get(name)) if name == "notify_url" else fields.get(name))
                    for name in DETAIL_FIELDS],
-        "timeline": timeline(events, stats.audit_for_task(task.id)),
-        "attempts": attempts(events),
+        "timeline": [dataclasses.replace(entry, message=scrub_text(entry.message, secrets),
+                                         traceback=scrub_text(entry.traceback, secrets))
+                     for entry in timeline(events, stats.audit_for_task(task.id))],
+        "attempts": [dataclasses.replace(attempt, message=scrub_text(attempt.message, secrets),
+                                         traceback=scrub_text(attempt.traceback, secrets))
+                     for attempt in attempts(events)],
         "notifications": notifications,
         "notifications_live": (not stats.is_terminal(task.status)
                                or any(n.status == "PENDING" for n in notifications)),
@@ -260,7 +278,9 @@ def edit_retry_form(task_id: int) -> Response:
     """The payload of a FAILURE or CANCELLED task in an editor, to resubmit it as a new task."""
     task = _load_task(task_id)
     status = 200 if may("resubmit", task.status) else 409
-    return _edit_retry_page(task, json.dumps(task.payload, indent=2, ensure_ascii=False, sort_keys=True),
+    # Sensitive values show as the mask; a mask sent back keeps the stored value (restore_masked).
+    payload = mask_payload(task.payload, sensitive_fields_for(task.task_type))
+    return _edit_retry_page(task, json.dumps(payload, indent=2, ensure_ascii=False, sort_keys=True),
                             status=status)
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import update
 
 from ..workflows.resolution import operator_changed
 from .errors import InvalidTransition, TaskNotFound
+from .masking import declared_sensitive_fields, restore_masked
 from .models import AsyncTask, TaskTypeState
 from .queries import ALL_TYPES, get_task, require_task
 from .store import TaskStore, engine_state
@@ -135,6 +136,9 @@ class OperatorActions(TaskStore):
         if not may("resubmit", original.status):
             raise InvalidTransition(refusal_message("resubmit", original.status, original.id),
                                     current_status=original.status)
+        # A sensitive field sent back as the mask (the operator saw only that) keeps its value.
+        payload = restore_masked(original.payload, payload,
+                                 declared_sensitive_fields(self.registry.get(original.task_type)))
         outcome = self.part(Submitter).submit(
             original.task_type, payload, original.priority, original.created_by,
             notify_url=original.notify_url, parent_id=original.id, commit=False,

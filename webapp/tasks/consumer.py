@@ -18,6 +18,7 @@ Shape of one consumer process, on the claim pool of ``pool.py``:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -42,6 +43,7 @@ from ..notifications.dispatcher import NotificationDispatcher
 from .direct import DirectConnection
 from .errors import TaskCancelled
 from .lock_keeper import TaskLockKeeper
+from .masking import declared_sensitive_fields, scrub_secrets, secret_values
 from .pool import ClaimPool
 from .processor import TaskInfo, TaskResult
 from .progress import TaskContext
@@ -248,7 +250,10 @@ class Consumer(ClaimPool[TaskInfo]):
     # -- the pool's side: running tasks -------------------------------------------------------
 
     def run_item(self, item: TaskInfo) -> None:
-        with task_log_context(item):  # every log line of the attempt names the task
+        processor = self.app.extensions["async_task"].registry.get(item.task_type)
+        secrets = secret_values(item.payload, declared_sensitive_fields(processor))
+        scrub = functools.partial(scrub_secrets, secrets=secrets) if secrets else None
+        with task_log_context(item, scrub):  # every log line of the attempt names the task (never its secrets)
             self._run(item)
 
     def item_done(self, item: TaskInfo) -> None:

@@ -135,11 +135,14 @@ class TaskProcessor:
     """Base class of task processors. Subclass it, set the task type, implement ``process``.
 
     ``payload_type`` (optional) is a dataclass: payloads are checked against it at submit and
-    ``process()`` receives an instance of it instead of the plain dict.
+    ``process()`` receives an instance of it instead of the plain dict. ``sensitive_fields``
+    (or ``field(metadata={"sensitive": True})`` on the dataclass) names payload fields whose
+    values are shown as ``•••`` everywhere outside the database (``tasks/masking.py``).
     """
 
     task_type: ClassVar[str | None] = None
     payload_type: ClassVar[type | None] = None
+    sensitive_fields: ClassVar[tuple[str, ...] | frozenset[str]] = ()
     retry_config: ClassVar[RetryConfig | None] = None
 
     def get_task_type(self) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from .masking import mask_json_text, mask_payload, scrub_task_text, sensitive_fields_for
 from .models import AsyncTask, Notification, TaskEvent, Worker
 
 
@@ -23,7 +24,8 @@ TASK_FIELDS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
     ("task_type", lambda t: t.task_type),
     ("status", lambda t: t.status),
     ("priority", lambda t: t.priority),
-    ("payload", lambda t: t.payload),
+    # Sensitive payload fields leave the database masked (tasks/masking.py), also from errors.
+    ("payload", lambda t: mask_payload(t.payload, sensitive_fields_for(t.task_type))),
     ("result", lambda t: t.result),
     ("retry_count", lambda t: t.retry_count),
     ("max_retry_count", lambda t: t.max_retry_count),
@@ -35,7 +37,7 @@ TASK_FIELDS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
     ("started_at", lambda t: iso(t.started_at)),
     ("finished_at", lambda t: iso(t.finished_at)),
     ("next_run_at", lambda t: iso(t.next_run_at)),
-    ("error", lambda t: t.error),
+    ("error", lambda t: scrub_task_text(t.task_type, t.payload, t.error)),
     ("attempts", lambda t: t.attempts),
     ("recovery_count", lambda t: t.recovery_count),
     ("worker_id", lambda t: t.worker_id),
@@ -74,12 +76,17 @@ def task_preview_to_dict(task: AsyncTask | Any, preview_chars: int, error_chars:
     ``GET /api/tasks/<id>``). ``error`` is cut at ``error_chars`` (``error_truncated``).
     """
     item = {key: read(task) for key, read in TASK_FIELDS if key not in PREVIEWED}
+    sensitive = sensitive_fields_for(task.task_type)
     for name in ("payload", "result"):
         preview, cut = _preview(getattr(task, f"{name}_head"), preview_chars)
         item[name] = json.loads(preview) if preview is not None and not cut else None
         item[f"{name}_preview"] = preview
         item[f"{name}_truncated"] = cut
-    item["error"], item["error_truncated"] = _preview(task.error_head, error_chars)
+    # The cut is made before masking, so ``*_truncated`` still describes the stored text.
+    item["payload_preview"] = mask_json_text(item["payload_preview"], sensitive)
+    error, item["error_truncated"] = _preview(task.error_head, error_chars)
+    item["error"] = scrub_task_text(task.task_type, item["payload"], error)
+    item["payload"] = mask_payload(item["payload"], sensitive)
     return item
 
 
