@@ -96,7 +96,10 @@ def describe_unfinished(app: Flask, logs: str, run_dir: Path, limit: int = 5) ->
     records = [record for path in sorted(run_dir.glob("runs-*.log")) for record in read_run_log(path)]
     lines = []
     for task in tasks:
-        mention = re.compile(rf"(task |\[|, ){task.id}\b")
+        holder = re.search(r"-(\d+)-", task.worker_id or "")
+        # Lines naming the task, and errors of its worker that name no task at all.
+        mention = re.compile(rf"(task |task=|\[|, ){task.id}\b"
+                             + (rf"|\[{holder.group(1)}\] .*(unexpected|failed)" if holder else ""))
         lines += [f"task {task.id} {task.status} attempts {task.attempts} worker {task.worker_id} "
                   f"updated {task.updated_at}",
                   f"  events {[(e.kind, e.attempt, e.worker_id, e.message) for e in events[task.id]]}",
