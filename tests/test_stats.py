@@ -30,7 +30,8 @@ def test_status_counts_and_counts_by_type(app_ctx: Flask) -> None:
     finish(service, "FATAL", 2, TaskResult.failure("no", retryable=False))
     counts = stats.status_counts()
     assert counts["PENDING"] == 1 and counts["FAILURE"] == 2 and counts["SUCCESS"] == 0
-    assert set(counts) == {"PENDING", "PROCESSING", "SUCCESS", "FAILURE", "RETRYING", "CANCELLED"}
+    # Every status present, zeros included (WAITING came with workflows).
+    assert set(counts) == {"PENDING", "PROCESSING", "SUCCESS", "FAILURE", "RETRYING", "CANCELLED", "WAITING"}
     assert stats.status_counts("FATAL")["PENDING"] == 0
     by_type = stats.counts_by_type()
     assert by_type["NOOP"]["PENDING"] == 1 and by_type["FATAL"]["FAILURE"] == 2
