@@ -47,7 +47,7 @@ def test_status_counts_exact_below_the_limit_estimated_above(app: Flask, low_lim
     _load(app)
     with app.app_context():
         counts = stats.status_counts_at_scale()
-        assert set(counts) == {"PENDING", "PROCESSING", "SUCCESS", "FAILURE", "RETRYING", "CANCELLED"}
+        assert set(counts) == {"PENDING", "PROCESSING", "SUCCESS", "FAILURE", "RETRYING", "CANCELLED", "WAITING"}
         assert counts["FAILURE"] == 1 and counts["SUCCESS"] == 0 and counts["PROCESSING"] == 0
         if _is_postgres(app):
             assert counts.estimated == {"PENDING"}
