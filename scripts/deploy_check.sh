@@ -220,7 +220,7 @@ EXPECTED="$(printf '%s\n' "$W1_PID" "$W2_PID" | sort -n | tr '\n' ' ')"
 [ "$RUNNING" = "$EXPECTED" ] || fail "consumers running in pids [$RUNNING], expected only the workers [$EXPECTED]"
 say "consumers run in the two workers only: $RUNNING"
 
-TOKEN="$(FLASK_ENV_RUN tokens create deploy-check 2>>"$WORK/cli.log" | tail -n 1)"
+TOKEN="$(FLASK_ENV_RUN tokens create deploy-check --reach all 2>>"$WORK/cli.log" | tail -n 1)"
 API_ID="$(check api-submit "$BASE" "$TOKEN")" || fail "API submit"
 CLI_ID="$(FLASK_ENV_RUN tasks submit SEND_REPORT --payload '{"report":"daily"}' --created-by ops@example.com 2>>"$WORK/cli.log" | tail -n 1)"
 check wait-success "$BASE" "$TOKEN" "$API_ID" "$CLI_ID" || fail "tasks did not succeed"
