@@ -12,7 +12,11 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from .api.cli import tokens_cli
+from .console.cli import users_cli
+from .tasks.consumer import Consumer
 from .tasks.errors import TaskError
+from .tasks.models import TERMINAL_STATUSES
 from .tasks.serialize import task_to_dict
 from .tasks.service import AsyncTaskService, TaskFilter, validate_status
 from .workflows.cli import workflows_cli
@@ -44,8 +48,6 @@ def _parse_json_object(text: str, name: str) -> dict[str, Any]:
 def worker_command(concurrency: int | None, batch_size: int | None, poll_interval: float | None,
                    task_types: tuple[str, ...]) -> None:
     """Run a consumer in the foreground until SIGTERM or SIGINT (graceful stop)."""
-    from .tasks.consumer import Consumer
-
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     registry = app.extensions["async_task"].registry
     unknown = [t for t in task_types if t not in registry]
@@ -150,8 +152,6 @@ def retry_command(task_id: str) -> None:
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=1000, show_default=True)
 def purge_command(finished_before: str, statuses: tuple[str, ...], batch_size: int) -> None:
     """Delete finished tasks older than a time, with their history, in batches."""
-    from .tasks.models import TERMINAL_STATUSES
-
     try:
         deleted = AsyncTaskService().purge_finished(
             finished_before, [s.upper() for s in statuses] or TERMINAL_STATUSES, batch_size, actor="cli")
@@ -164,15 +164,5 @@ def register_cli(app: Flask) -> None:
     """``flask tasks``, plus ``flask users`` and ``flask tokens`` from the console and the API."""
     app.cli.add_command(tasks_cli)
     app.cli.add_command(workflows_cli)  # flask workflows … (docs/workflows.md)
-    try:
-        from .console.cli import users_cli
-    except ImportError:
-        pass
-    else:
-        app.cli.add_command(users_cli)
-    try:
-        from .api.cli import tokens_cli
-    except ImportError:
-        pass
-    else:
-        app.cli.add_command(tokens_cli)
+    app.cli.add_command(users_cli)
+    app.cli.add_command(tokens_cli)
