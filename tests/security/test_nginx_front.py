@@ -224,3 +224,15 @@ def test_nginx_serves_static_files_and_refuses_big_bodies_itself(gunicorn: Serve
     # gunicorn never saw the static file or the refused body: nginx answered both itself.
     assert "console.css" not in gunicorn.log.read_text()
     assert "POST /api/tasks" not in gunicorn.log.read_text()
+
+
+def test_gunicorn_binds_the_loopback_interface_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing but nginx (or another local proxy) can reach gunicorn unless GUNICORN_BIND says so."""
+    import runpy
+
+    for name in ("GUNICORN_BIND", "HOST", "PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TASKDECK_GUNICORN_MASTER_PID", "0")  # the file marks "its" master: undone after
+    assert runpy.run_path(str(ROOT / "gunicorn.conf.py"))["bind"] == "127.0.0.1:8000"
+    monkeypatch.setenv("GUNICORN_BIND", "0.0.0.0:9000")
+    assert runpy.run_path(str(ROOT / "gunicorn.conf.py"))["bind"] == "0.0.0.0:9000"
