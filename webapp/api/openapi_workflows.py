@@ -11,6 +11,7 @@ JSON = "application/json"
 ERRORS = {
     400: "Malformed JSON.",
     401: "Missing, unknown or revoked bearer token.",
+    403: "The token lacks the scope this call needs (submit, read or operate).",
     404: "No such workflow (or not one this token reaches).",
     409: "The workflow's state does not allow this change.",
     413: "Request body over the configured size limit.",
@@ -24,7 +25,11 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    return {str(s): {"description": ERRORS[s], "content": {JSON: {"schema": _ref("Error")}}} for s in statuses}
+    """Error replies by status; every call that needs a token may also get 403 (missing scope)."""
+    if 401 in statuses and 403 not in statuses:
+        statuses = (*statuses, 403)
+    return {str(s): {"description": ERRORS[s], "content": {JSON: {"schema": _ref("Error")}}}
+            for s in sorted(statuses)}
 
 
 def _reply(description: str, schema: str) -> dict[str, Any]:
