@@ -264,8 +264,8 @@ def check_mails(outcome: Outcome, mails: list[tuple[float, ReceivedMail]],
                      and seen[0] - MAIL_CLOCK_LAG <= at <= seen[0] + SENT_NOT_RECORDED_WINDOW]
             if kills and note.attempts >= len(copies):
                 duplicates.append(f"task {task.id}: {len(copies)} copies, Message-ID {message_ids.pop()}; "
-                                  f"worker {kills[0][1]} killed {kills[0][0] - seen[0]:+.2f}s after the "
-                                  f"first arrived, the repeat {seen[1] - seen[0]:.0f}s later")
+                                  f"worker {kills[0][1]} killed at {kills[0][0] - seen[0]:+.2f}s from the "
+                                  f"first copy's noted arrival, the repeat {seen[1] - seen[0]:.0f}s later")
             else:
                 nearby = [f"{kind} {target} {at - seen[0]:+.1f}s" for at, kind, target in faults
                           if abs(at - seen[0]) <= 10]
