@@ -17,7 +17,9 @@ database, and ``kill -9`` of a gunicorn worker. Then the faults stop and the tes
   recovered or released, not one given back for a Redis lock), and no attempt ran twice;
 * every finished task's creator got exactly one mail; a second copy only of a mail whose first
   copy arrived just before a worker was killed (sent, not yet recorded), with the same
-  Message-ID.
+  Message-ID;
+* no worker exits of its own accord (one whose connection was cut while it registered, holding
+  nothing, is restarted and reported).
 
 The seed is printed first; ``CHAOS_SEED=<seed>`` repeats the same schedule of faults and the
 same submits (the machine's timing still differs). ``CHAOS_SECONDS=600`` runs longer. The
