@@ -279,14 +279,34 @@ class Consumer(ClaimPool[TaskInfo]):
                 except Exception as exc:
                     # Committing the processor's own writes failed (constraint, lost connection):
                     # the attempt fails as a whole and nothing of it is kept.
-                    db.session.rollback()
-                    log.exception("task %s: finishing failed", task.id)
-                    outcome = service.finish_task(
-                        task, TaskResult.failure(f"could not commit the result: {type(exc).__name__}: {exc}"),
-                        worker_id=self.worker_id, traceback=tb_module.format_exc())
+                    outcome = self._finish_as_failed(service, task, exc)
             finally:
                 db.session.remove()
         self._after_finish([task], [outcome])
+
+    def _finish_as_failed(self, service: AsyncTaskService, task: TaskInfo, exc: Exception) -> FinishOutcome:
+        """Record an attempt whose outcome could not be committed as failed (it is retried).
+
+        If that cannot be written either, the outcome is unknown: the attempt is forgotten here,
+        so the next heartbeat gives the task back instead of leaving it PROCESSING until
+        max-processing-time.
+        """
+        trace = tb_module.format_exc()
+        if is_lost_connection(exc):
+            log.warning("task %s: the database connection was lost while finishing (%s); "
+                        "recording the attempt as failed", task.id, _first_line(exc))
+        else:
+            log.exception("task %s: finishing failed", task.id)
+        try:
+            db.session.rollback()
+            return service.finish_task(
+                task, TaskResult.failure(f"could not commit the result: {type(exc).__name__}: {exc}"),
+                worker_id=self.worker_id, traceback=trace)
+        except Exception as second:
+            db.session.rollback()
+            log.error("task %s: could not record the failed attempt either (%s); the heartbeat gives "
+                      "the task back", task.id, _first_line(second))
+            return FinishOutcome(None)
 
     def _after_finish(self, tasks: list[TaskInfo], outcomes: list[FinishOutcome]) -> None:
         with self._lock:  # finished: the heartbeat must stop extending the locks released next
