@@ -9,12 +9,14 @@ from . import views  # noqa: F401  (registers the routes on bp)
 from .auth import require_api_token
 from .blueprint import bp
 from .errors import register_error_handlers
+from .exports import bp as exports_bp
 from .parsing import refuse_oversized_body
 from .schedules import bp as schedules_bp
 from .workflows import bp as workflows_bp
 
 bp.register_blueprint(schedules_bp)  # /api/schedules: the hooks and error handlers below apply to it
 bp.register_blueprint(workflows_bp)  # /api/workflows, likewise
+bp.register_blueprint(exports_bp)  # /api/exports, likewise
 
 bp.before_request(refuse_oversized_body)
 bp.before_request(require_api_token)

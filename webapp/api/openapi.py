@@ -16,6 +16,7 @@ from ..tasks.models import TaskStatus
 from ..tasks.processor import RetryStrategy
 from ..tasks.registry import ProcessorRegistry
 from ..tasks.validation import MAX_EXPIRES_IN
+from .openapi_exports import export_paths
 from .openapi_workflows import workflow_paths, workflow_schemas
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -389,6 +390,7 @@ def build_openapi(registry: ProcessorRegistry | None, max_body_bytes: int | None
             },
             **schedule_paths(),
             **workflow_paths(),
+            **export_paths(),
             "/api/openapi.json": {
                 "get": {
                     "operationId": "getOpenApiDocument",

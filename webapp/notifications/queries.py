@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..extensions import db
@@ -67,12 +67,17 @@ def _filter_clauses(filters: NotificationFilter) -> list[ColumnElement[bool]]:
     return clauses
 
 
+def filtered_notifications(filters: NotificationFilter) -> Select[Any]:
+    """``SELECT`` of the notifications matching ``filters`` (unordered; the page and export share it)."""
+    return select(Notification).where(*_filter_clauses(filters))
+
+
 def list_notifications(filters: NotificationFilter | None = None, limit: int = 50,
                        cursor: int | None = None) -> NotificationPage:
     """A keyset page of notifications matching ``filters``, newest first, below ``cursor``."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
         raise ValidationError("limit must be an integer from 1 to 500", field="limit")
-    query = select(Notification).where(*_filter_clauses(filters or NotificationFilter()))
+    query = filtered_notifications(filters or NotificationFilter())
     below = validate_task_id(cursor, "cursor") if cursor is not None else None
     return keyset_page(db.session(), query, Notification.id, limit, below)
 

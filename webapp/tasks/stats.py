@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, literal, select
+from sqlalchemy import Select, bindparam, func, literal, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -337,15 +337,20 @@ def audit_for_task(task_id: int) -> list[AuditEntry]:
 AuditPage = Page[AuditEntry]
 
 
-def audit_page(limit: int = 100, cursor: int | None = None, actor: str | None = None,
-               action: str | None = None) -> AuditPage:
-    """Audit entries newest first, below ``cursor``, optionally of one actor / action prefix."""
+def audit_query(actor: str | None = None, action: str | None = None) -> Select[Any]:
+    """``SELECT`` of the audit entries of one actor / action prefix (unordered; the page and export share it)."""
     query = select(AuditEntry)
     if actor:
         query = query.where(AuditEntry.actor == actor)
     if action:
         query = query.where(AuditEntry.action.startswith(action, autoescape=True))
-    return keyset_page(_session(), query, AuditEntry.id, limit, cursor)
+    return query
+
+
+def audit_page(limit: int = 100, cursor: int | None = None, actor: str | None = None,
+               action: str | None = None) -> AuditPage:
+    """Audit entries newest first, below ``cursor``, optionally of one actor / action prefix."""
+    return keyset_page(_session(), audit_query(actor, action), AuditEntry.id, limit, cursor)
 
 
 def is_terminal(status: str) -> bool:
