@@ -119,6 +119,8 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "ASYNC_TASK_WEBHOOK_SECRET": (_optional_str, None),
     "ASYNC_TASK_WEBHOOK_ALLOW_PRIVATE": (_parse_bool, False),
     "ASYNC_TASK_MAIL_LANGUAGE": (_mail_language, "en"),
+    # Development: mails written as .eml files into this folder instead of sent (make run sets it).
+    "ASYNC_TASK_DEV_MAIL_DIR": (_optional_str, None),
     "REDIS_URL": (_optional_str, None),
     # Operations (docs/deploy.md): log format, /metrics bearer token, a direct URL for LISTEN.
     "ASYNC_TASK_LOG_FORMAT": (_log_format, "text"),
@@ -283,6 +285,7 @@ class EngineSettings:
     webhook_allow_private: bool
     mail_language: str
     base_url: str
+    dev_mail_dir: str | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> EngineSettings:
@@ -309,6 +312,7 @@ class EngineSettings:
             webhook_allow_private=config["ASYNC_TASK_WEBHOOK_ALLOW_PRIVATE"],
             mail_language=config["ASYNC_TASK_MAIL_LANGUAGE"],
             base_url=config["ASYNC_TASK_BASE_URL"],
+            dev_mail_dir=config.get("ASYNC_TASK_DEV_MAIL_DIR"),
         )
 
     @property

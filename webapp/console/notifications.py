@@ -11,11 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from flask import Response, flash, make_response, redirect, request, url_for
+from flask import Response, current_app, flash, make_response, redirect, request, url_for
 from flask_babel import gettext
 from werkzeug.datastructures import MultiDict
 
 from ..accounts.models import Role
+from ..config import engine_settings
+from ..notifications.dev_mail import list_dev_mails
 from ..notifications.outbox import resend_notification
 from ..notifications.queries import (
     NotificationFilter,
@@ -90,6 +92,7 @@ def _page_context(query: NotificationQuery) -> dict[str, Any]:
         "statuses": NOTIFICATION_STATUSES,
         "types": NOTIFICATION_TYPES,
         "list_url": query.url(query.cursor),
+        "dev_mail": bool(engine_settings(current_app).dev_mail_dir),
     }
 
 
@@ -105,6 +108,13 @@ def notifications() -> Response:
         # The filter form's request: the canonical URL goes into the address bar.
         response.headers["HX-Push-Url"] = "false" if query.errors else query.url(query.cursor)
     return response
+
+
+@bp.get("/notifications/dev-mail")
+def dev_mail() -> Response:
+    """Mails the development outbox captured (``ASYNC_TASK_DEV_MAIL_DIR``), newest first."""
+    folder = engine_settings(current_app).dev_mail_dir
+    return render("dev_mail.html", {}, 200, folder=folder, mails=list_dev_mails(folder))
 
 
 @bp.post("/notifications/<int:notification_id>/resend")

@@ -15,6 +15,7 @@ from flask_mail import BadHeaderError, Connection, Message
 
 from ..config import engine_settings
 from .addresses import is_email_address
+from .dev_mail import DEV_SENDER, write_dev_mail
 from .outbox import ClaimedNotification, DeliveryError
 
 NOTIFICATION_ID_HEADER = "X-Taskdeck-Notification-Id"
@@ -67,11 +68,13 @@ def smtp_timeout() -> float:
 
 
 def send_mail(note: ClaimedNotification) -> None:
-    """Send a mail through Flask-Mail's SMTP settings, with a timeout; SMTP 5xx is permanent."""
+    """Send a mail through Flask-Mail's SMTP settings, with a timeout; SMTP 5xx is permanent.
+    With ``ASYNC_TASK_DEV_MAIL_DIR`` set it is written there instead (the dev outbox)."""
     if not is_email_address(note.recipient):
         raise DeliveryError(f"invalid email recipient {note.recipient!r}", skip=True)
     state = current_app.extensions["mail"]
-    sender = state.default_sender
+    dev_mail_dir = engine_settings(current_app).dev_mail_dir
+    sender = state.default_sender or (DEV_SENDER if dev_mail_dir else None)
     if not sender:
         raise DeliveryError("MAIL_DEFAULT_SENDER is not configured", permanent=True)
     message = Message(subject=note.subject, recipients=[note.recipient], body=note.content,
@@ -80,6 +83,9 @@ def send_mail(note: ClaimedNotification) -> None:
     # Stable per notification: if a repeat ever goes out (see the module docstring), mail
     # systems that de-duplicate by Message-ID drop it.
     message.msgId = f"<taskdeck-notification-{note.id}.task-{note.task_id}@{_domain_of(sender)}>"
+    if dev_mail_dir:  # development: captured for the console's /dev-mail, never sent
+        write_dev_mail(dev_mail_dir, message, note.id)
+        return
     timeout = smtp_timeout()
     where = f"SMTP {state.server}:{state.port}"
     try:

@@ -122,9 +122,9 @@ class NotificationOutbox(SessionWriter):
         return claimed
 
     def record_sent(self, note: ClaimedNotification) -> bool:
-        """PENDING -> SENT; False when the lease had been lost (someone else owns the row now)."""
+        """PENDING -> SENT, clearing an earlier attempt's error; False when the lease had been lost."""
         now = self.now()
-        return self._finish(note, status=NotificationStatus.SENT.value, sent_at=now)
+        return self._finish(note, status=NotificationStatus.SENT.value, sent_at=now, last_error=None)
 
     def record_failure(self, note: ClaimedNotification, error: DeliveryError, retry_base: float) -> str | None:
         """Schedule a retry (exponential backoff), or end in FAILED / SKIPPED; the new status.
