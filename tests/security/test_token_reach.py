@@ -259,3 +259,17 @@ def test_edit_and_retry_in_the_console_records_the_user_as_principal(app: Flask)
         event = db.session.scalars(select(TaskEvent).where(TaskEvent.task_id == child.id,
                                                            TaskEvent.kind == "SUBMITTED")).one()
         assert event.actor == "user:olga"
+
+
+def test_task_type_counts_are_the_tokens_own_unless_it_reaches_all(app: Flask) -> None:
+    alice, mallory = _client(app, "alice"), _client(app, "mallory")
+    for _ in range(3):
+        alice.call("POST", "/api/tasks", {"task_type": "NOOP", "payload": {}, "run_at": "2999-01-01T00:00:00Z"})
+    mallory.call("POST", "/api/tasks", {"task_type": "NOOP", "payload": {}, "run_at": "2999-01-01T00:00:00Z"})
+
+    def noop_pending(client: Client) -> int:
+        items = client.call("GET", "/api/task-types").get_json()["items"]
+        return next(item["counts"]["PENDING"] for item in items if item["task_type"] == "NOOP")
+
+    assert (noop_pending(alice), noop_pending(mallory)) == (3, 1)
+    assert noop_pending(_client(app, "ops", reach="all", scopes=["read"])) == 4

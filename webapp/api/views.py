@@ -172,8 +172,10 @@ def resubmit_task(task_id: int) -> Response:
 
 @bp.get("/task-types")
 def list_task_types() -> Response:
-    """Registered task types with their retry policy, pause state and counts per status."""
-    return jsonify(items=AsyncTaskService().task_type_overview())
+    """Registered task types with their retry policy, pause state and counts per status (a token
+    reaching its own tasks only counts those: other clients' volumes are not its business)."""
+    token = current_token()
+    return jsonify(items=AsyncTaskService().task_type_overview(None if token.reaches_all else token.principal))
 
 
 @bp.get("/openapi.json")

@@ -179,11 +179,13 @@ def status_counts(session: Session, task_type: str | None = None) -> dict[str, i
     return counts
 
 
-def counts_by_type(session: Session) -> dict[str, dict[str, int]]:
-    """Task type -> status -> count, for every type that has rows (exact: reads every row)."""
-    rows = session.execute(
-        select(AsyncTask.task_type, AsyncTask.status, func.count())
-        .group_by(AsyncTask.task_type, AsyncTask.status))
+def counts_by_type(session: Session, principal: str | None = None) -> dict[str, dict[str, int]]:
+    """Task type -> status -> count, for every type that has rows (exact: reads every row, or with
+    ``principal`` only that principal's rows, through ``ix_async_task_principal_id``)."""
+    query = select(AsyncTask.task_type, AsyncTask.status, func.count())
+    if principal is not None:
+        query = query.where(AsyncTask.principal == principal)
+    rows = session.execute(query.group_by(AsyncTask.task_type, AsyncTask.status))
     result: dict[str, dict[str, int]] = {}
     for task_type, status, count in rows:
         result.setdefault(task_type, {s.value: 0 for s in TaskStatus})[status] = int(count)

@@ -146,9 +146,16 @@ class AsyncTaskService(TaskStore):
         """Running workers, newest first (with ``include_stopped``, every worker ever seen)."""
         return queries.workers(self.session, include_stopped)
 
-    def task_type_overview(self) -> list[dict[str, Any]]:
-        """Every registered task type with its retry policy, pause state and counts per status."""
-        return stats.task_type_overview(self.registry, self.session)
+    def task_type_overview(self, principal: str | None = None) -> list[dict[str, Any]]:
+        """Every registered task type with its retry policy, pause state and counts per status
+        (with ``principal``: exact counts of that principal's tasks only)."""
+        overview = stats.task_type_overview(self.registry, self.session)
+        if principal is not None:
+            own = queries.counts_by_type(self.session, principal)
+            for item in overview:
+                item["counts"] = own.get(item["task_type"], {status: 0 for status in item["counts"]})
+                item["counts_are_estimates"] = False
+        return overview
 
     # -- operator transitions ----------------------------------------------------------------
 
