@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 from flask import Flask
+from sqlalchemy.exc import OperationalError
 
 from tests.conftest import wait_until
 from tests.faults.support import terminate_connections
@@ -41,11 +42,17 @@ def engine_log() -> Iterator[list[logging.LogRecord]]:
 
 
 def submit(app: Flask) -> int:
-    with app.app_context():
-        try:
-            return AsyncTaskService().submit_task("NOOP", {}).id
-        finally:
-            db.session.remove()
+    """Submit a NOOP; the test's own pooled connection may be one of those just killed: retry once."""
+    for attempt in range(2):
+        with app.app_context():
+            try:
+                return AsyncTaskService().submit_task("NOOP", {}).id
+            except OperationalError:
+                if attempt:
+                    raise
+            finally:
+                db.session.remove()
+    raise AssertionError("unreachable")
 
 
 def status(app: Flask, task_id: int) -> str:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import EngineSettings, engine_settings
 from ..extensions import db
+from ..tasks.direct import first_line, is_lost_connection
 from ..tasks.models import NotificationStatus
 from ..tasks.pool import ClaimPool
 from ..tasks.processor import NotificationType
@@ -140,6 +141,11 @@ class NotificationDispatcher(ClaimPool[ClaimedNotification]):
         return 0.0 if claimed else CONTENDED_RETRY
 
     def claim_failed(self, exc: Exception) -> float:
+        """A lost connection is reopened by the next claim, at once and with one log line."""
+        if is_lost_connection(exc):
+            log.warning("claiming notifications: the database connection was lost (%s); reconnecting",
+                        first_line(exc))
+            return SOONEST_LOOK
         log.exception("claiming notifications failed; retrying at the next poll")
         return self.poll_interval
 

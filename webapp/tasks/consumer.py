@@ -30,17 +30,15 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
 from flask import Flask
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
 
 from ..config import EngineSettings, engine_settings
 from ..extensions import db
 from ..logging_setup import task_log_context
 from ..notifications.dispatcher import NotificationDispatcher
-from .direct import DirectConnection
+from .direct import DirectConnection, first_line, is_lost_connection
 from .errors import TaskCancelled
 from .lock_keeper import TaskLockKeeper
 from .masking import declared_sensitive_fields, scrub_secrets, secret_values
@@ -56,19 +54,6 @@ log = logging.getLogger(__name__)
 
 FINISH_BATCH_LIMIT = 500
 NOTIFIER_STOP_GRACE = 5.0
-
-
-def is_lost_connection(exc: BaseException) -> bool:
-    """Whether ``exc`` means the database connection died (``pg_terminate_backend``, a restart)."""
-    if isinstance(exc, psycopg.OperationalError):
-        return True
-    return isinstance(exc, DBAPIError) and (exc.connection_invalidated
-                                            or isinstance(exc.orig, psycopg.OperationalError))
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 class Consumer(ClaimPool[TaskInfo]):
@@ -239,9 +224,9 @@ class Consumer(ClaimPool[TaskInfo]):
         self._claim_failures += 1
         if is_lost_connection(exc):
             if self._claim_failures == 1:
-                log.warning("claim: the database connection was lost (%s); reconnecting", _first_line(exc))
+                log.warning("claim: the database connection was lost (%s); reconnecting", first_line(exc))
                 return 0.0
-            log.warning("claim: the database is still unreachable (%s); retrying in %gs", _first_line(exc),
+            log.warning("claim: the database is still unreachable (%s); retrying in %gs", first_line(exc),
                         min(1.0, self.poll_interval))
             return min(1.0, self.poll_interval)
         log.exception("claim failed; retrying at the next poll")
@@ -294,7 +279,7 @@ class Consumer(ClaimPool[TaskInfo]):
         trace = tb_module.format_exc()
         if is_lost_connection(exc):
             log.warning("task %s: the database connection was lost while finishing (%s); "
-                        "recording the attempt as failed", task.id, _first_line(exc))
+                        "recording the attempt as failed", task.id, first_line(exc))
         else:
             log.exception("task %s: finishing failed", task.id)
         try:
@@ -305,7 +290,7 @@ class Consumer(ClaimPool[TaskInfo]):
         except Exception as second:
             db.session.rollback()
             log.error("task %s: could not record the failed attempt either (%s); the heartbeat gives "
-                      "the task back", task.id, _first_line(second))
+                      "the task back", task.id, first_line(second))
             return FinishOutcome(None)
 
     def _after_finish(self, tasks: list[TaskInfo], outcomes: list[FinishOutcome]) -> None:
@@ -355,7 +340,7 @@ class Consumer(ClaimPool[TaskInfo]):
                 db.session.rollback()
                 if is_lost_connection(exc):  # the direct connection reopens at its next use
                     log.warning("batch finish of %d task(s): the database connection was lost (%s); "
-                                "finishing them one by one", len(batch), _first_line(exc))
+                                "finishing them one by one", len(batch), first_line(exc))
                 else:
                     log.exception("batch finish of %d task(s) failed; finishing them one by one", len(batch))
             finally:
@@ -420,8 +405,11 @@ class Consumer(ClaimPool[TaskInfo]):
                     AsyncTaskService().revive_worker(self.worker_id, socket.gethostname(), os.getpid(),
                                                      self.concurrency, self.heartbeat_interval)
                 self._release_forgotten_attempts()
-            except Exception:
-                log.exception("heartbeat failed")
+            except Exception as exc:
+                if is_lost_connection(exc):  # the pool reconnects at the next beat
+                    log.warning("heartbeat: the database connection was lost (%s)", first_line(exc))
+                else:
+                    log.exception("heartbeat failed")
             finally:
                 db.session.remove()
         with self._lock:
@@ -455,8 +443,11 @@ class Consumer(ClaimPool[TaskInfo]):
                 # delay the recovery of its own tasks (overlapping sweeps are harmless, every
                 # recovery is a conditional update).
                 self.lock_keeper.sweep_under_lock(self._sweep, ttl_seconds=self.heartbeat_interval * 2)
-            except Exception:
-                log.exception("recovery sweep failed")
+            except Exception as exc:
+                if is_lost_connection(exc):  # the pool reconnects at the next sweep
+                    log.warning("recovery sweep: the database connection was lost (%s)", first_line(exc))
+                else:
+                    log.exception("recovery sweep failed")
             finally:
                 db.session.remove()
 

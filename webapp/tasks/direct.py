@@ -6,6 +6,9 @@ autocommit on a connection the thread keeps open, each costs one. One connection
 (the dispatcher's for claims, the finisher's for successes); a broken one is dropped and the
 next call reconnects. Nothing else goes through here, so the connection can carry a setting
 the claim needs (``enable_sort = off``, see ``AsyncTaskService.claim_due_tasks``).
+
+``is_lost_connection`` tells a dead connection (``pg_terminate_backend``, a restart) from other
+errors, so the engine's loops reconnect with one log line instead of a traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import namedtuple_row
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +71,17 @@ class DirectConnection:
             except Exception:  # closing a broken connection may fail too; nothing to keep
                 log.debug("closing a direct connection failed", exc_info=True)
             self._connection = None
+
+
+def is_lost_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database connection died (``pg_terminate_backend``, a restart)."""
+    if isinstance(exc, psycopg.OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and (exc.connection_invalidated
+                                            or isinstance(exc.orig, psycopg.OperationalError))
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (driver errors run over several)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
