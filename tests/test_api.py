@@ -494,7 +494,14 @@ def test_openapi_document_is_public_and_matches_the_routes(app: Flask) -> None:
 
 def test_openapi_describes_each_task_type_and_its_payload(app: Flask, api: Api) -> None:
     document = api.get("/api/openapi.json").get_json()  # the per-type schemas need a token
-    variants = {variant["title"]: variant for variant in document["components"]["schemas"]["TaskSubmission"]["oneOf"]}
+    schemas = document["components"]["schemas"]
+    submission = schemas["TaskSubmission"]
+    assert submission["discriminator"]["propertyName"] == "task_type"  # issue 16: generated clients
+    mapping = submission["discriminator"]["mapping"]
+    assert submission["oneOf"] == [{"$ref": ref} for ref in mapping.values()]
+    variants = {task_type: schemas[ref.rsplit("/", 1)[1]] for task_type, ref in mapping.items()}
+    for task_type, variant in variants.items():
+        assert variant["properties"]["task_type"] == {"type": "string", "enum": [task_type], "default": task_type}
     registry = app.extensions["async_task"].registry
     assert set(variants) == set(registry.task_types())
     order = variants["ORDER"]["properties"]["payload"]
@@ -506,7 +513,8 @@ def test_openapi_describes_each_task_type_and_its_payload(app: Flask, api: Api) 
     assert "idempotency_key" in variants["NOOP"]["properties"]
     batch_items = document["components"]["schemas"]["TaskBatchSubmission"]["properties"]["tasks"]
     assert batch_items["maxItems"] == 1000
-    assert all("idempotency_key" in v["properties"] for v in batch_items["items"]["oneOf"])  # issue 14
+    assert batch_items["items"] == {"$ref": "#/components/schemas/TaskSubmission"}  # the same components
+    assert all("idempotency_key" in v["properties"] for v in variants.values())  # issue 14
 
 
 # -- list previews (issue 10 item 6) -------------------------------------------------------------

@@ -7,19 +7,16 @@ processor's ``payload_type`` dataclass when it has one, so clients and fuzzers s
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from typing import Any
 
 from ..tasks.models import TaskStatus
 from ..tasks.processor import RetryStrategy
 from ..tasks.registry import ProcessorRegistry
-from ..tasks.validation import MAX_EXPIRES_IN
+from ..tasks.validation import INT32_MAX, INT32_MIN
 from .openapi_exports import export_paths
+from .openapi_submissions import submission_schemas
 from .openapi_workflows import workflow_paths, workflow_schemas
 
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MAX_TASK_ID = 2**63 - 1
 JSON = "application/json"
 
@@ -57,118 +54,7 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-# -- payload schemas from dataclasses ----------------------------------------------------------
-
-_SIMPLE = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object", list: "array"}
-
-
-def annotation_schema(annotation: Any, seen: frozenset[type] = frozenset()) -> dict[str, Any]:
-    """JSON Schema for a dataclass field annotation, matching what the registry accepts."""
-    if annotation is Any or annotation is object:
-        return {}
-    if annotation is type(None):
-        return {"type": "null"}
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return {"anyOf": [annotation_schema(arg, seen) for arg in args]}
-    if origin is typing.Literal:
-        return {"enum": list(args)}
-    if origin in (list, tuple, set, frozenset):
-        return {"type": "array", **({"items": annotation_schema(args[0], seen)} if args else {})}
-    if origin is dict:
-        return {"type": "object",
-                **({"additionalProperties": annotation_schema(args[1], seen)} if len(args) == 2 else {})}
-    if annotation in _SIMPLE:
-        return {"type": _SIMPLE[annotation]}
-    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
-        return dataclass_schema(annotation, seen)
-    return {}  # types the registry cannot check from JSON are left to the processor
-
-
-def dataclass_schema(payload_type: type, seen: frozenset[type] = frozenset()) -> dict[str, Any]:
-    """An object schema for a payload dataclass: its init fields, the ones without defaults required."""
-    if payload_type in seen:  # a recursive type: describe the inner level loosely
-        return {"type": "object"}
-    seen = seen | {payload_type}
-    hints = typing.get_type_hints(payload_type)
-    properties: dict[str, Any] = {}
-    required: list[str] = []
-    for spec in dataclasses.fields(payload_type):
-        if not spec.init:
-            continue
-        properties[spec.name] = annotation_schema(hints.get(spec.name, Any), seen)
-        if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
-            required.append(spec.name)
-    schema: dict[str, Any] = {"type": "object", "title": payload_type.__name__, "properties": properties,
-                              "additionalProperties": False}
-    if required:
-        schema["required"] = required
-    return schema
-
-
-def payload_schema(payload_type: type | None) -> dict[str, Any]:
-    """The payload of one task type: its dataclass (or pydantic model), else any JSON object."""
-    if payload_type is None:
-        return {"type": "object", "description": "Any JSON object; the processor declares no payload type."}
-    if dataclasses.is_dataclass(payload_type):
-        return dataclass_schema(payload_type)
-    model_schema = getattr(payload_type, "model_json_schema", None)
-    if callable(model_schema):
-        try:
-            return dict(model_schema())
-        except Exception:  # a model that cannot describe itself still accepts JSON objects
-            pass
-    return {"type": "object"}
-
-
 # -- request and response schemas ------------------------------------------------------------
-
-def _common_submission_properties() -> dict[str, Any]:
-    return {
-        "priority": {"type": ["integer", "null"], "minimum": INT32_MIN, "maximum": INT32_MAX,
-                     "description": "Larger runs first; default from the processor, else 0."},
-        "created_by": {"type": ["string", "null"], "maxLength": 255,
-                       "description": "Creator; an email address gets a notification. "
-                                      "Default: the token's name."},
-        "run_at": {"type": ["string", "null"], "format": "date-time",
-                   "description": "Run no earlier than this time (ISO-8601 with a zone)."},
-        "notify_url": {"type": ["string", "null"], "format": "uri", "maxLength": 2000,
-                       "description": "http(s) URL that receives a signed POST when the task finishes."},
-        "start_by": {"type": ["string", "null"], "format": "date-time",
-                     "description": "Not started by this time (ISO-8601 with a zone): never started, "
-                                    "CANCELLED 'start deadline passed'."},
-        "expires_in": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_EXPIRES_IN,
-                       "description": "Seconds from now: the same as start_by (give one of the two)."},
-    }
-
-
-def submission_variants(registry: ProcessorRegistry | None, with_idempotency: bool) -> list[dict[str, Any]]:
-    """One object schema per registered task type (a generic one when none is registered or
-    ``registry`` is ``None``: the document anonymous callers get)."""
-    common = _common_submission_properties()
-    if with_idempotency:
-        common["idempotency_key"] = {
-            "type": ["string", "null"], "minLength": 1, "maxLength": 200,
-            "description": "Same key from the same token: the existing task is returned (200)."}
-    processors = list(registry) if registry is not None else []
-    if not processors:
-        return [{"type": "object", "required": ["task_type", "payload"], "additionalProperties": False,
-                 "properties": {"task_type": {"type": "string", "minLength": 1, "maxLength": 100},
-                                "payload": {"type": "object"}, **common}}]
-    variants = []
-    for processor in processors:
-        task_type = processor.get_task_type()
-        variants.append({
-            "type": "object",
-            "title": task_type,
-            "required": ["task_type", "payload"],
-            "additionalProperties": False,
-            "properties": {"task_type": {"const": task_type},
-                           "payload": payload_schema(processor.payload_type), **common},
-        })
-    return variants
-
 
 def task_schema() -> dict[str, Any]:
     """The task as ``task_to_dict`` renders it: every column of the spec, times in UTC ISO-8601."""
@@ -289,9 +175,7 @@ def build_openapi(registry: ProcessorRegistry | None, max_body_bytes: int | None
     """The whole document; task types and payload schemas come from ``registry`` (``None``: the
     generic submission shape only, naming no task type)."""
     limit = f" Bodies over {max_body_bytes} bytes get 413." if max_body_bytes else ""
-    submission = {"oneOf": submission_variants(registry, with_idempotency=True)}
-    batch_item = {"oneOf": submission_variants(registry, with_idempotency=True)}
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Task API", "version": "1", "description": DESCRIPTION},
         "servers": [{"url": "/"}],
@@ -411,11 +295,10 @@ def build_openapi(registry: ProcessorRegistry | None, max_body_bytes: int | None
                     "next_cursor": {"type": ["string", "null"],
                                     "description": "Pass as `cursor` for the next page; null on the last."},
                 }},
-                "TaskSubmission": submission,
                 "TaskBatchSubmission": {
                     "type": "object", "required": ["tasks"], "additionalProperties": False,
                     "properties": {"tasks": {"type": "array", "minItems": 1, "maxItems": 1000,
-                                             "items": batch_item}},
+                                             "items": _ref("TaskSubmission")}},
                 },
                 "TaskBatch": {"type": "object", "required": ["items"], "properties": {
                     "items": {"type": "array", "items": _ref("Task")}}},
@@ -440,6 +323,9 @@ def build_openapi(registry: ProcessorRegistry | None, max_body_bytes: int | None
             },
         },
     }
+    schemas = document["components"]["schemas"]
+    schemas.update(submission_schemas(registry, taken=set(schemas)))
+    return document
 
 
 # -- recurring schedules (webapp/api/schedules.py) ---------------------------------------------
