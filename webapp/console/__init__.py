@@ -15,7 +15,7 @@ from flask import Blueprint, Flask, Response
 
 from ..accounts.login_counters import counter_store
 from ..accounts.throttle import LoginThrottle
-from . import account, admin, auth, exports, i18n, notifications, schedules, views
+from . import account, admin, auth, exports, i18n, new_task, notifications, schedules, views
 from .formatting import register as register_formatting
 from .sessions import current_user, load_current_user
 from .workflows import bp as workflows_bp
@@ -28,6 +28,7 @@ CONSOLE_BLUEPRINTS: tuple[Blueprint, ...] = (
     schedules.bp,
     workflows_bp,
     exports.bp,
+    new_task.bp,
     account.bp,
     admin.bp,
     i18n.bp,

@@ -152,6 +152,17 @@ class OperatorActions(TaskStore):
         self.commit_new_work()
         return require_task(self.session, new_id)
 
+    def submit_for_operator(self, task_type: str, payload: Any, priority: int | None, run_at: Any,
+                            actor: str) -> AsyncTask:
+        """An operator's new task (the console's form): checked like any submit, audited as
+        ``task.submit`` in the same transaction, submitted by ``user:<actor>``."""
+        outcome = self.part(Submitter).submit(task_type, payload, priority, None, run_at, commit=False,
+                                              principal=f"user:{actor}")
+        new_id = outcome.task.id
+        self.audit(actor, "task.submit", "task", new_id, detail={"task_type": task_type})
+        self.commit_new_work()
+        return require_task(self.session, new_id)
+
     def _refuse(self, task_id: int, actor: str | None, action: str) -> None:
         if actor is not None:
             # The refusal is audited: on SQLite a read later upgraded to a write can fail with
