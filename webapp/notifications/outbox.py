@@ -122,9 +122,13 @@ class NotificationOutbox(SessionWriter):
         return claimed
 
     def record_sent(self, note: ClaimedNotification) -> bool:
-        """PENDING -> SENT, clearing an earlier attempt's error; False when the lease had been lost."""
+        """PENDING -> SENT; False when the lease had been lost (someone else owns the row now).
+
+        Sent at its first attempt (a resend starts counting again), an error left from before the
+        resend is dropped; after retries, the last retried attempt's error stays for the record."""
         now = self.now()
-        return self._finish(note, status=NotificationStatus.SENT.value, sent_at=now, last_error=None)
+        stale_error: dict[str, Any] = {"last_error": None} if note.attempts <= 1 else {}
+        return self._finish(note, status=NotificationStatus.SENT.value, sent_at=now, **stale_error)
 
     def record_failure(self, note: ClaimedNotification, error: DeliveryError, retry_base: float) -> str | None:
         """Schedule a retry (exponential backoff), or end in FAILED / SKIPPED; the new status.
