@@ -21,12 +21,22 @@ $(TEST_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,dev,bench]'
 	touch $@
 
-## make run: install, migrate the SQLite default, start the console + in-process consumer
+## make run: install, migrate the SQLite default, seed example tasks on the first run, start the
+## console + in-process consumer. Mail links use this PORT; mail is kept in the dev outbox
+## (instance/dev-mail, shown at /notifications/dev-mail) unless MAIL_SERVER is set; the example
+## task types are loaded next to any ASYNC_TASK_PROCESSORS of yours.
+comma := ,
+RUN_PROCESSORS := $(if $(filter webapp.examples,$(subst $(comma), ,$(ASYNC_TASK_PROCESSORS))),$(ASYNC_TASK_PROCESSORS),webapp.examples$(if $(ASYNC_TASK_PROCESSORS),$(comma)$(ASYNC_TASK_PROCESSORS)))
+RUN_ENV := ASYNC_TASK_PROCESSORS=$(RUN_PROCESSORS) \
+	ASYNC_TASK_BASE_URL=$${ASYNC_TASK_BASE_URL:-http://127.0.0.1:$(PORT)} \
+	ASYNC_TASK_DEV_MAIL_DIR=$${ASYNC_TASK_DEV_MAIL_DIR-$(if $(MAIL_SERVER),,$(CURDIR)/instance/dev-mail)}
 run: $(STAMP)
-	@ASYNC_TASK_PROCESSORS=$${ASYNC_TASK_PROCESSORS:-webapp.examples} $(BIN)/flask --app webapp db upgrade
-	@ASYNC_TASK_PROCESSORS=$${ASYNC_TASK_PROCESSORS:-webapp.examples} $(BIN)/flask --app webapp users ensure-demo 2>/dev/null || true
+	@$(RUN_ENV) $(BIN)/flask --app webapp db upgrade
+	@$(RUN_ENV) $(BIN)/flask --app webapp users ensure-demo 2>/dev/null || true
+	@$(RUN_ENV) $(BIN)/python -m webapp.examples seed
 	@echo "Console: http://127.0.0.1:$(PORT)/  (log in as shown above; API docs at /api/openapi.json)"
-	ASYNC_TASK_PROCESSORS=$${ASYNC_TASK_PROCESSORS:-webapp.examples} ASYNC_TASK_POLL_INTERVAL=$${ASYNC_TASK_POLL_INTERVAL:-1} \
+	@echo "Commands: $(BIN)/flask --app webapp users|tokens|tasks|schedules --help  (no venv to activate)"
+	$(RUN_ENV) ASYNC_TASK_POLL_INTERVAL=$${ASYNC_TASK_POLL_INTERVAL:-1} \
 	  $(BIN)/flask --app wsgi:app run --host 127.0.0.1 --port $(PORT) --no-reload
 
 ## make test: services up, lint, types, every test

@@ -37,6 +37,7 @@ def test_make_run_serves_the_console_and_processes_example_tasks(tmp_path: Path)
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/run.sqlite3", "PORT": str(port),
            "ASYNC_TASK_POLL_INTERVAL": "0.5", "ASYNC_TASK_HEARTBEAT_INTERVAL": "1"}
     env.pop("ASYNC_TASK_PROCESSORS", None)  # make run's own default: the example task types
+    env["ASYNC_TASK_DEV_MAIL_DIR"] = str(tmp_path / "dev-mail")  # the seeded tasks' mails stay out of instance/
     log = tmp_path / "make-run.log"
     with log.open("w") as out:
         proc = subprocess.Popen(["make", "run"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,

@@ -1,12 +1,17 @@
-"""Example task types, loaded by ``make run`` (ASYNC_TASK_PROCESSORS=webapp.examples) only."""
+"""Example task types, loaded by ``make run`` (ASYNC_TASK_PROCESSORS=webapp.examples) only, and
+the few example tasks ``make run`` seeds on its first run (``python -m webapp.examples seed``)."""
 
 from __future__ import annotations
 
 import random
+import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from .tasks import RetryConfig, RetryStrategy, TaskInfo, TaskProcessor, TaskResult
+from . import create_app
+from .tasks import AsyncTaskService, RetryConfig, RetryStrategy, TaskInfo, TaskProcessor, TaskResult
 
 
 @dataclass
@@ -94,3 +99,48 @@ class ImportFileProcessor(TaskProcessor):
             time.sleep(pause)
             self.report_progress(row / rows, f"row {row} of {rows}")
         return TaskResult.success({"file": payload.file, "rows": rows})
+
+
+SEED_CREATOR = "admin@example.com"  # its mails land in the dev outbox under make run
+
+
+def example_tasks(now: datetime) -> list[dict[str, Any]]:
+    """A few tasks of every example type: some succeed, some fail and retry, one reports
+    progress, one fails for good (to try edit and retry), one is due in a day."""
+    return [
+        {"task_type": "CREATE_SERVER", "payload": {"name": "web-1", "fail_rate": 0.0}},
+        {"task_type": "CREATE_SERVER", "payload": {"name": "web-2", "fail_rate": 0.5, "priority": 5}},
+        {"task_type": "CREATE_SERVER", "payload": {"name": "db-1", "seconds": 6.0, "fail_rate": 0.0}},
+        {"task_type": "SEND_REPORT", "payload": {"report": "daily"}},
+        {"task_type": "SEND_REPORT", "payload": {"report": "weekly"},
+         "run_at": (now + timedelta(days=1)).isoformat()},
+        {"task_type": "IMPORT_FILE", "payload": {"file": "customers.csv", "rows": 300, "seconds": 30.0}},
+        {"task_type": "IMPORT_FILE", "payload": {"file": "orders.csv", "rows": 100, "seconds": 5.0,
+                                                 "fail_at_row": 42}},
+        {"task_type": "ALWAYS_FAILS", "payload": {}},
+    ]
+
+
+def seed_examples(service: AsyncTaskService) -> int:
+    """Queue the example tasks if no task exists yet (a first run); how many were queued."""
+    if service.list_tasks(limit=1).items:
+        return 0
+    tasks = [{**task, "created_by": SEED_CREATOR} for task in example_tasks(datetime.now(UTC))]
+    return len(service.submit_many(tasks, principal="cli"))
+
+
+def main(argv: list[str]) -> int:
+    """``python -m webapp.examples seed``: what ``make run`` calls before it starts."""
+    if argv != ["seed"]:
+        print("usage: python -m webapp.examples seed", file=sys.stderr)
+        return 2
+    app = create_app()
+    with app.app_context():
+        queued = seed_examples(AsyncTaskService())
+    if queued:
+        print(f"  Queued {queued} example tasks (a first run): see them at /tasks.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -43,7 +43,7 @@ def ensure_demo_command() -> None:
     click.echo("  No console user existed, so one was created:")
     click.echo("    username: admin")
     click.echo(f"    password: {password}")
-    click.echo("  (shown only now; add more with: flask --app webapp users create NAME --role operator)")
+    click.echo("  (shown only now; add more with: .venv/bin/flask --app webapp users create NAME --role operator)")
     click.echo("")
 
 
