@@ -155,3 +155,22 @@ def test_a_batch_with_callbacks_is_fan_out_fan_in(app):
     with app.app_context():
         workflow = db.session.get(Workflow, submitted.workflow_id)
         assert (workflow.status, workflow.succeeded, workflow.finished_at is not None) == ("SUCCEEDED", 20, True)
+
+
+def test_an_operator_cancelling_a_task_cancels_what_waits_for_it_under_either_policy(app):
+    for policy in ("cancel_dependents", "wait"):
+        with app.app_context():
+            service = AsyncTaskService()
+            submitted = service.submit_workflow(
+                tasks=diamond(), on_failure=policy,
+                callbacks={"on_finish": {"task_type": "WF_CALLBACK", "payload": {}},
+                           "on_failure": {"task_type": "WF_CALLBACK", "payload": {}}})
+            service.cancel_task(submitted.task_ids["a"], actor="ops")  # PENDING: cancelled at once
+        found = statuses(app, submitted.workflow_id)
+        # A cancelled task never succeeds: everything after it ends too, and no failure means no on_failure.
+        assert found == {"a": "CANCELLED", "b": "CANCELLED", "c": "CANCELLED", "d": "CANCELLED",
+                         "*": "CANCELLED", "@on_finish": "PENDING"}, policy
+        with app.app_context():
+            events = db.session.scalars(select(TaskEvent.message).where(
+                TaskEvent.task_id == submitted.task_ids["d"], TaskEvent.kind == "CANCELLED")).all()
+            assert events == ["a task it depends on did not succeed"]
