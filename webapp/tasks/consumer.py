@@ -371,11 +371,11 @@ class Consumer(ClaimPool[TaskInfo]):
                 payload = payload_from_json(processor.payload_type, task.payload)
             result = processor.process(task, payload)
         except TaskCancelled:
-            db.session.rollback()  # a cancelled attempt keeps none of its writes
+            _discard_attempt_writes(task)  # a cancelled attempt keeps none of its writes
             log.info("task %s (%s) attempt %s cancelled on request", task.id, task.task_type, task.attempt)
             return TaskResult.cancelled(), None
         except Exception as exc:
-            db.session.rollback()  # the processor's own writes go with its failed attempt
+            _discard_attempt_writes(task)  # the processor's own writes go with its failed attempt
             log.warning("task %s (%s) attempt %s raised %s: %s", task.id, task.task_type, task.attempt,
                         type(exc).__name__, exc)
             return TaskResult.failure(f"{type(exc).__name__}: {exc}"), tb_module.format_exc()
@@ -387,7 +387,7 @@ class Consumer(ClaimPool[TaskInfo]):
         if isinstance(result, dict):
             return TaskResult.success(result), None
         if not isinstance(result, TaskResult):
-            db.session.rollback()
+            _discard_attempt_writes(task)
             return TaskResult.failure(f"process() returned {type(result).__name__}, expected TaskResult",
                                       retryable=False), None
         return result, None
@@ -500,3 +500,20 @@ class Consumer(ClaimPool[TaskInfo]):
                              self._stopping).start("task-wake-listener")
         elif url.get_backend_name() == "sqlite":
             SQLiteWatcher(url.database or "", self.wake, self._stopping).start("task-wake-watcher")
+
+
+def _discard_attempt_writes(task: TaskInfo) -> None:
+    """Roll back the processor's writes; a dead connection must not lose the attempt's outcome.
+
+    When the connection died under the processor (``pg_terminate_backend``, a failover) the
+    rollback itself raises. The session is then thrown away (its connection is invalidated, and
+    the server rolled the transaction back when the connection ended), so the failure outcome is
+    still written, on a fresh connection, instead of leaving the task PROCESSING under a live
+    worker until max-processing-time.
+    """
+    try:
+        db.session.rollback()
+    except Exception as exc:
+        log.warning("task %s: rolling back the attempt failed (%s); discarding its session",
+                    task.id, first_line(exc))
+        db.session.remove()
