@@ -22,8 +22,34 @@ if TYPE_CHECKING:
     from flask import Flask
 
 
-class ConfigError(ValueError):
-    """A setting has a value the application cannot use."""
+class ConfigError(ValueError, SystemExit):
+    """A setting has a value the application cannot use.
+
+    Also a ``SystemExit`` whose code is the one-line message: uncaught (``flask …``, gunicorn,
+    ``make run``) it prints that line and exits 1 instead of a 48-line traceback, while code and
+    tests still catch it as a ``ValueError``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = f"Configuration error: {message}"
+
+
+def _reason(exc: Exception) -> str:
+    """A parser's complaint in the operator's words (Python's conversion messages name types)."""
+    text = str(exc)
+    if text.startswith("could not convert"):
+        return "expected a number"
+    if text.startswith("invalid literal for int"):
+        return "expected a whole number"
+    return text
+
+
+def _shown(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if default is None or default == []:
+        return "(none)"
+    return str(default)
 
 
 def _parse_bool(value: Any) -> bool:
@@ -228,11 +254,12 @@ def load_settings(
             raw[name] = overrides[name]
 
     settings: dict[str, Any] = {}
-    for name, (parse, _) in SETTINGS.items():
+    for name, (parse, default) in SETTINGS.items():
         try:
             settings[name] = parse(raw[name])
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{name}: invalid value {raw[name]!r} ({exc})") from None
+            raise ConfigError(f"{name}: invalid value {raw[name]!r} ({_reason(exc)}); correct it, "
+                              f"or unset it for the default {_shown(default)}") from None
 
     default_db = "sqlite:///" + os.path.join(instance_path, "tasks.sqlite3")
     database_url = overrides.get("SQLALCHEMY_DATABASE_URI") or env.get("DATABASE_URL") or default_db
@@ -248,7 +275,7 @@ def load_settings(
         try:
             settings[name] = parse_mail(value)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{name}: invalid value {value!r} ({exc})") from None
+            raise ConfigError(f"{name}: invalid value {value!r} ({_reason(exc)}); correct or unset it") from None
     # Everything else passed explicitly (tests, embedding applications) goes through untouched.
     for name, value in overrides.items():
         if name not in settings and name != "ASYNC_TASK_CONFIG_FILE":
