@@ -1,0 +1,35 @@
+"""Small things a first-time user saw in the console (issue 16 items 14 and 15): no 404 for the
+page icon, and a font stack naming the common CJK fonts so Chinese does not render as boxes."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Flask
+
+from tests.conftest import ROOT
+from tests.console_support import logged_in_client
+
+CJK_FONTS = ["PingFang SC", "Microsoft YaHei", "Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Micro Hei"]
+
+
+def test_every_page_names_an_icon_that_is_served(make_app) -> None:
+    app: Flask = make_app("sqlite")
+    client, _ = logged_in_client(app, "viewer")
+    for path in ("/login", "/", "/tasks"):
+        html = (app.test_client() if path == "/login" else client).get(path).get_data(as_text=True)
+        match = re.search(r'<link rel="icon" type="image/svg\+xml" href="([^"]+)">', html)
+        assert match, f"{path} names no icon (the browser would ask for /favicon.ico and get a 404)"
+        icon = app.test_client().get(match.group(1))
+        assert icon.status_code == 200 and icon.mimetype == "image/svg+xml"
+        assert icon.get_data(as_text=True).startswith("<svg")
+
+
+def test_the_console_font_stack_names_the_common_cjk_fonts_before_the_generic_family() -> None:
+    css = (ROOT / "static" / "console.css").read_text(encoding="utf-8")
+    root_rule = css[css.index(":root"):css.index("}", css.index(":root"))]
+    stack = re.search(r"font:\s*[^;]*?/[\d.]+\s+([^;]+);", root_rule)
+    assert stack, "the :root rule sets no font"
+    families = [name.strip().strip('"') for name in stack.group(1).split(",")]
+    assert families[-1] == "sans-serif"
+    assert all(font in families for font in CJK_FONTS), families
