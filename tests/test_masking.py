@@ -136,6 +136,17 @@ def test_error_texts_and_webhook_bodies_are_scrubbed(app: Flask) -> None:
     assert API_KEY not in webhook.content and body["error"] == f"401 for key {MASK}"
 
 
+def test_the_default_mail_masks_a_secret_quoted_by_the_error(app: Flask) -> None:
+    with app.app_context():
+        task_id = AsyncTaskService().submit_task(
+            "LOGIN_WITH_SECRET", {"username": "ann", "password": PASSWORD}, created_by="ann@example.com").id
+    _fail(app, task_id, f"login refused for password {PASSWORD}")
+    with app.app_context():
+        mail = db.session.query(Notification).filter_by(task_id=task_id, type="EMAIL").one()
+    assert f"login refused for password {MASK}" in mail.content and PASSWORD not in mail.content
+    assert PASSWORD not in (mail.html or "")
+
+
 def test_console_detail_and_edit_and_retry_keep_the_secret_hidden(app: Flask) -> None:
     with app.app_context():
         task_id = AsyncTaskService().submit_task(

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from ..config import engine_settings
 from ..tasks.errors import ValidationError
+from ..tasks.masking import scrub_task_text
 from ..tasks.models import AsyncTask, Notification, NotificationStatus, TaskStatus, utcnow
 from ..tasks.processor import NotificationRequest, NotificationType, TaskInfo, TaskResult
 from ..tasks.registry import ProcessorRegistry
@@ -192,7 +193,9 @@ def default_email(task: AsyncTask, status: str, result: TaskResult) -> Notificat
         "outcome": outcome,
         "succeeded": succeeded,
         "result_text": _result_text(task.result if succeeded else None),
-        "error": None if succeeded else (result.message or task.error or "failed without a message"),
+        # A mail leaves the database: a sensitive payload value quoted by the error is masked.
+        "error": None if succeeded else scrub_task_text(task.task_type, task.payload,
+                                                        result.message or task.error or "failed without a message"),
         "link": f"{base_url}/tasks/{task.id}",
     }
     env = current_app.jinja_env
