@@ -5,7 +5,7 @@ A thin blueprint over ``AsyncTaskService``; it holds no rule of the task state m
 
 from __future__ import annotations
 
-from . import views  # noqa: F401  (registers the routes on bp)
+from . import limits, views  # noqa: F401  (register their routes on bp)
 from .auth import require_api_token
 from .blueprint import bp
 from .errors import register_error_handlers

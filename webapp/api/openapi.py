@@ -14,6 +14,7 @@ from ..tasks.processor import RetryStrategy
 from ..tasks.registry import ProcessorRegistry
 from ..tasks.validation import INT32_MAX, INT32_MIN
 from .openapi_exports import export_paths
+from .openapi_limits import limit_paths, limit_schemas
 from .openapi_submissions import submission_schemas
 from .openapi_workflows import workflow_paths, workflow_schemas
 
@@ -275,6 +276,7 @@ def build_openapi(registry: ProcessorRegistry | None, max_body_bytes: int | None
             **schedule_paths(),
             **workflow_paths(),
             **export_paths(),
+            **limit_paths(),
             "/api/openapi.json": {
                 "get": {
                     "operationId": "getOpenApiDocument",
@@ -320,6 +322,7 @@ def build_openapi(registry: ProcessorRegistry | None, max_body_bytes: int | None
                 "Error": error_schema(),
                 **schedule_schemas(),
                 **workflow_schemas(),
+                **limit_schemas(),
             },
         },
     }

@@ -28,6 +28,7 @@ from .attempt import TaskInfo
 from .dialect_postgres import succeed_directly
 from .direct import DirectConnection
 from .fencing import LEASED, attempt_key, fenced_update, stored_result
+from .limit_overrides import cached_overrides
 from .limits import ClaimLimit
 from .models import AsyncTask, TaskEvent, TaskEventKind, TaskStatus
 from .notifying import notification_may_be_needed, notify_task_ended
@@ -88,10 +89,10 @@ class Leases(TaskStore):
         types = list(self.registry.task_types() if task_types is None else task_types)
         paused = self.paused_task_types_cached()
         types = [] if ALL_TYPES in paused else [t for t in types if t not in paused]
+        limited = self.claim_limits(types)  # may read the overrides: before the rollback below
         self.session.rollback()  # end any read snapshot so the write starts fresh
         if not types:
             return []
-        limited = self.claim_limits(types)
         if limited:  # only then: a claim of types without limits pays nothing for the feature
             rows = self.dialect.claim_limited(self, worker_id, limit, types, limited, uuid.uuid4().hex, direct)
         else:
@@ -114,8 +115,11 @@ class Leases(TaskStore):
 
     def claim_limits(self, types: Sequence[str]) -> list[ClaimLimit]:
         """The concurrency and rate limits the claim must hold for ``types`` (types without any are left out)."""
-        limits = ((task_type, self.registry.limits_of(task_type)) for task_type in types)
-        return [ClaimLimit.of(task_type, found) for task_type, found in limits if found.limits_claims]
+        overrides = cached_overrides(self.session)  # operators' runtime changes, re-read every 2 s
+        limits = ((task_type, self.registry.limits_of(task_type), overrides.get(task_type)) for task_type in types)
+        effective = ((task_type, override.applied_to(found) if override else found)
+                     for task_type, found, override in limits)
+        return [ClaimLimit.of(task_type, found) for task_type, found in effective if found.limits_claims]
 
     def paused_task_types_cached(self) -> set[str]:
         """Paused task types, re-read at most once a second (claims run many times a second)."""

@@ -33,6 +33,7 @@ from .deadlines import Deadlines
 from .dialect_postgres import WAKE_CHANNEL
 from .direct import DirectConnection
 from .leases import FinishedAttempt, FinishOutcome, Leases
+from .limit_overrides import LimitOverrides
 from .maintenance import Maintenance
 from .models import TERMINAL_STATUSES, AsyncTask, TaskEvent, Worker
 from .processor import TaskInfo, TaskResult
@@ -244,6 +245,14 @@ class AsyncTaskService(TaskStore):
     def stop_worker(self, worker_id: str) -> None:
         """Record a worker's orderly stop."""
         self.part(Maintenance).stop_worker(worker_id)
+
+    def limits_overview(self, task_type: str | None = None) -> list[dict[str, Any]]:
+        """Limited (or overridden) task types: limits, override, running per key, waiting, starts in window."""
+        return self.part(LimitOverrides).overview(task_type)
+
+    def set_limit_override(self, task_type: str, body: dict[str, Any], actor: str | None = None) -> None:
+        """Override a type's ``concurrency`` / ``rate`` at runtime (every worker follows within seconds)."""
+        self.part(LimitOverrides).set_override(task_type, body, actor)
 
     def expire_start_deadlines(self) -> list[int]:
         """End waiting tasks past their ``start_by`` (CANCELLED, "start deadline passed"); their ids."""
