@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..tasks.errors import (
@@ -106,7 +106,9 @@ def _http_error_json(exc: HTTPException) -> Response:
     status = exc.code or 500
     message = HTTP_ERROR_MESSAGES.get(status) or exc.description or exc.name or "error"
     if status == 413:
-        message = "request body is larger than the configured limit (MAX_CONTENT_LENGTH)"
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        message = (f"request body is larger than the limit of {limit:,} bytes" if limit
+                   else "request body is larger than the limit")
     headers = {name: value for name, value in exc.get_headers() if name in KEPT_HEADERS}
     return error_response(status, _code_for_http(exc), message, headers=headers)
 

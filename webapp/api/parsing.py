@@ -122,7 +122,7 @@ def _json_type(value: Any) -> str:
         return "a string"
     if isinstance(value, list):
         return "an array"
-    return type(value).__name__
+    return "an object"
 
 
 def check_fields(body: dict[str, Any], allowed: Iterable[str], required: Iterable[str],

@@ -66,3 +66,40 @@ class TaskCancelled(Exception):
     ``report_progress`` raises it once a cancel has been requested; a processor may also raise
     it itself after checking ``is_cancel_requested()``.
     """
+
+
+def json_shown(value: object) -> str:
+    """A value as an error message names it to a JSON client: ``true``, ``null``, ``an array``,
+    ``an object``, ``"text"``, ``12``, never Python's ``True`` or ``list``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:60] + "…"
+        return '"' + shown.replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "a value of another kind"
+
+
+def json_kind(value: object) -> str:
+    """Only the JSON kind of a value (``a string``, ``a boolean``, …): for payload fields, whose
+    values may be secrets and so never appear in a message."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "a value of another kind"

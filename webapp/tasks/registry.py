@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from importlib.metadata import entry_points
 from typing import Any
 
-from .errors import InvalidPayload, RegistryError
+from .errors import InvalidPayload, RegistryError, json_kind
 from .limits import TaskLimits, checked_limits
 from .processor import TaskProcessor
 
@@ -192,7 +192,7 @@ def payload_from_json(payload_type: type, data: dict[str, Any]) -> Any:
         annotation = hints.get(name, Any)
         if not _matches(data[name], annotation):
             raise InvalidPayload(
-                f"payload field {name!r} must be {_describe(annotation)}, got {type(data[name]).__name__}",
+                f"payload field {name!r} must be {_describe(annotation)}, got {json_kind(data[name])}",
                 field=f"payload.{name}",
             )
     try:

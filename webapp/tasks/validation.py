@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..notifications.addresses import validate_webhook_url
-from .errors import InvalidPayload, ValidationError
+from .errors import InvalidPayload, ValidationError, json_kind, json_shown
 from .models import TaskStatus
 from .processor import TaskProcessor
 from .registry import payload_from_json
@@ -32,7 +32,7 @@ def validate_task_id(value: Any, field: str = "id") -> int:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
     if not isinstance(value, int) or not 1 <= value <= 2**63 - 1:
-        raise ValidationError(f"{field} must be a positive integer, got {value!r}", field=field)
+        raise ValidationError(f"{field} must be a positive integer, got {json_shown(value)}", field=field)
     return value
 
 
@@ -61,7 +61,7 @@ def parse_time(value: Any, field: str) -> datetime:
         try:
             value = datetime.fromisoformat(text)
         except ValueError:
-            raise ValidationError(f"{field} must be an ISO-8601 time, got {value!r}", field=field) from None
+            raise ValidationError(f"{field} must be an ISO-8601 time, got {json_shown(value)}", field=field) from None
     if not isinstance(value, datetime):
         raise ValidationError(f"{field} must be a time (an aware datetime or ISO-8601 string)", field=field)
     if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
@@ -211,7 +211,7 @@ def validated_payload(processor: TaskProcessor, payload: Any) -> tuple[dict[str,
             f"payload is a {type(payload).__name__}, but task type {processor.get_task_type()!r} "
             f"expects {getattr(payload_type, '__name__', 'a JSON object')}", field="payload")
     else:
-        raise InvalidPayload(f"payload must be a JSON object, got {type(payload).__name__}",
+        raise InvalidPayload(f"payload must be a JSON object, got {json_kind(payload)}",
                              field="payload")
     try:
         encoded = json.dumps(data, allow_nan=False, sort_keys=True)
@@ -237,7 +237,7 @@ def validated_priority(processor: TaskProcessor, typed_payload: Any, priority: A
     else:
         source = "priority"
     if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ValidationError(f"{source} must be an integer, got {priority!r}", field="priority")
+        raise ValidationError(f"{source} must be an integer, got {json_shown(priority)}", field="priority")
     if not INT32_MIN <= priority <= INT32_MAX:
         raise ValidationError(f"{source} must be between {INT32_MIN} and {INT32_MAX}", field="priority")
     return priority
