@@ -9,6 +9,7 @@ from flask import Flask
 
 from tests.conftest import ROOT
 from tests.console_support import logged_in_client
+from webapp.tasks import AsyncTaskService
 
 CJK_FONTS = ["PingFang SC", "Microsoft YaHei", "Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Micro Hei"]
 
@@ -33,3 +34,21 @@ def test_the_console_font_stack_names_the_common_cjk_fonts_before_the_generic_fa
     families = [name.strip().strip('"') for name in stack.group(1).split(",")]
     assert families[-1] == "sans-serif"
     assert all(font in families for font in CJK_FONTS), families
+
+
+HTML_DATETIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,3})?Z")
+
+
+def test_datetime_attributes_have_at_most_three_fraction_digits(make_app) -> None:
+    app: Flask = make_app("sqlite")
+    with app.app_context():
+        task = AsyncTaskService().submit_task("NOOP", {"n": 1})
+        task_id = task.id
+    client, _ = logged_in_client(app, "viewer")
+    seen = []
+    for path in ("/", "/tasks", f"/tasks/{task_id}", "/workers", "/audit"):
+        html = client.get(path).get_data(as_text=True)
+        values = re.findall(r'datetime="([^"]*)"', html)
+        assert all(HTML_DATETIME.fullmatch(value) for value in values), (path, values)
+        seen += values
+    assert seen, "no page showed a time"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Flask
 from flask_babel import gettext
 
 from ..tasks.models import TERMINAL_STATUSES, TaskStatus, utcnow
-from ..tasks.serialize import iso
 
 # scheme://userinfo@ — the userinfo (user, or user:password) of a URL anywhere in a text.
 URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@]+@")
@@ -72,6 +71,15 @@ def ago(value: datetime | None) -> str:
     return gettext("%(duration)s ago", duration=duration(delta))
 
 
+def html_datetime(value: datetime | None) -> str:
+    """A ``<time datetime>`` value: UTC with milliseconds at most (HTML allows three fraction
+    digits; the API's microseconds are refused by validators)."""
+    if value is None:
+        return ""
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def register(app: Flask) -> None:
     """Make the filters and a few constants available to every template."""
     app.jinja_env.filters["pretty_json"] = pretty_json
@@ -79,7 +87,7 @@ def register(app: Flask) -> None:
     app.jinja_env.filters["utc"] = utc_time
     app.jinja_env.filters["duration"] = duration
     app.jinja_env.filters["ago"] = ago
-    app.jinja_env.filters["iso"] = iso
+    app.jinja_env.filters["iso"] = html_datetime
     app.jinja_env.filters["mask_credentials"] = mask_credentials
     app.jinja_env.globals["ALL_STATUSES"] = [status.value for status in TaskStatus]
     app.jinja_env.globals["TERMINAL_STATUSES"] = TERMINAL_STATUSES
