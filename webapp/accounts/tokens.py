@@ -29,7 +29,7 @@ from .models import ApiToken
 log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "tdk_"
-TOKEN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
+TOKEN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}\Z")
 MAX_TOKEN_LENGTH = 200
 # last_used_at is bookkeeping, not an audit trail: one write per token per minute is plenty.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -45,8 +45,8 @@ SCOPES = ("submit", "read", "operate")
 # Which tasks it sees and acts on: those it submitted itself, or every task.
 REACH_OWN, REACH_ALL = "own", "all"
 REACHES = (REACH_OWN, REACH_ALL)
-DOMAIN_PATTERN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
-ADDRESS_PATTERN = re.compile(r"^[^@\s,]{1,64}@(?=.{1,253}$)[a-z0-9.-]+$")
+DOMAIN_PATTERN = re.compile(r"^(?=.{1,253}\Z)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}\Z")
+ADDRESS_PATTERN = re.compile(r"^[^@\s,]{1,64}@(?=.{1,253}\Z)[a-z0-9.-]+\Z")
 
 
 class TokenError(ValueError):

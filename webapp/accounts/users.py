@@ -20,7 +20,7 @@ from ..tasks.models import utcnow
 from .models import Role, User
 from .passwords import validate_password
 
-USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,79}$")
+USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,79}\Z")
 
 # A hash to compare against when the username does not exist, so both answers take as long.
 _DUMMY_HASH = generate_password_hash(secrets.token_hex(16))

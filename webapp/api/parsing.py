@@ -24,7 +24,7 @@ from .errors import ApiError
 MAX_JSON_DEPTH = 64
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-CURSOR_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+CURSOR_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
 LIST_PARAMETERS = ("task_type", "status", "created_by", "created_after", "created_before", "limit",
                    "cursor")
 

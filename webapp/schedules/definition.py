@@ -18,7 +18,7 @@ from ..tasks.registry import ProcessorRegistry, payload_from_json
 from .models import CatchUpPolicy, OverlapPolicy
 from .triggers import Recurrence, parse_cron, validate_interval, validate_timezone
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}\Z")
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MAX_DESCRIPTION = 2000
 EARLIEST, LATEST = 1970, 2999
