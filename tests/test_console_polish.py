@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from flask import Flask
 
 from tests.conftest import ROOT
@@ -52,3 +53,15 @@ def test_datetime_attributes_have_at_most_three_fraction_digits(make_app) -> Non
         assert all(HTML_DATETIME.fullmatch(value) for value in values), (path, values)
         seen += values
     assert seen, "no page showed a time"
+
+
+@pytest.mark.parametrize("path,current", [
+    ("/task-types", "Task types"), ("/tasks", "Tasks"), ("/", "Overview"),
+    ("/notifications", "Notifications"), ("/notifications/dev-mail", "Notifications"),
+])
+def test_the_top_bar_marks_exactly_one_page_as_current(make_app, path: str, current: str) -> None:
+    app: Flask = make_app("sqlite")
+    client, _ = logged_in_client(app, "viewer")
+    html = client.get(path).get_data(as_text=True)
+    marked = re.findall(r'<a href="[^"]*" aria-current="page">([^<]+)</a>', html)
+    assert marked == [current]
