@@ -4,6 +4,7 @@ page icon, and a font stack naming the common CJK fonts so Chinese does not rend
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from flask import Flask
@@ -65,3 +66,19 @@ def test_the_top_bar_marks_exactly_one_page_as_current(make_app, path: str, curr
     html = client.get(path).get_data(as_text=True)
     marked = re.findall(r'<a href="[^"]*" aria-current="page">([^<]+)</a>', html)
     assert marked == [current]
+
+
+def test_a_task_due_later_shows_when_and_the_overview_says_it_is_scheduled(make_app) -> None:
+    app: Flask = make_app("sqlite")
+    with app.app_context():
+        later = datetime.now(UTC) + timedelta(days=60)
+        task_id = AsyncTaskService().submit_task("NOOP", {}, run_at=later).id
+    client, _ = logged_in_client(app, "viewer")
+    page = client.get(f"/tasks/{task_id}").get_data(as_text=True)
+    due = re.search(r'<p class="hint" id="not-run">Not run yet\. Due <time datetime="([^"]+)"[^>]*>[^<]+</time> \(in ([^)]+)\)\.</p>', page)
+    assert due, page[page.find('id="not-run"') - 50:][:400]
+    assert due.group(1) == later.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert due.group(2).startswith("59 d") or due.group(2).startswith("60 d")
+    overview = client.get("/").get_data(as_text=True)
+    assert "none waiting" in overview
+    assert re.search(r'id="scheduled-later"> · 1 scheduled for later<', overview)
