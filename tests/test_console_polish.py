@@ -11,7 +11,7 @@ from flask import Flask
 
 from tests.conftest import ROOT
 from tests.console_support import logged_in_client
-from webapp.tasks import AsyncTaskService
+from webapp.tasks import AsyncTaskService, TaskResult
 
 CJK_FONTS = ["PingFang SC", "Microsoft YaHei", "Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Micro Hei"]
 
@@ -82,3 +82,19 @@ def test_a_task_due_later_shows_when_and_the_overview_says_it_is_scheduled(make_
     overview = client.get("/").get_data(as_text=True)
     assert "none waiting" in overview
     assert re.search(r'id="scheduled-later"> · 1 scheduled for later<', overview)
+
+
+def test_a_task_cancelled_while_running_ends_its_attempt(make_app) -> None:
+    app: Flask = make_app("sqlite")
+    with app.app_context():
+        service = AsyncTaskService()
+        task_id = service.submit_task("NOOP", {}).id
+        [claimed] = [t for t in service.claim_due_tasks("test-worker", 10) if t.id == task_id]
+        service.cancel_task(task_id, actor="tester")  # running: a cancel request
+        assert service.finish_task(claimed, TaskResult.cancelled(), worker_id="test-worker").status == "CANCELLED"
+    client, _ = logged_in_client(app, "viewer")
+    page = client.get(f"/tasks/{task_id}").get_data(as_text=True)
+    table = page[page.index('<table class="attempts">'):]
+    table = table[:table.index("</table>")]
+    assert table.count("<tr>") == 2  # the header and the one attempt
+    assert ">running<" not in table and "Cancelled" in table

@@ -178,13 +178,21 @@ def attempts(events: list[TaskEvent]) -> list[Attempt]:
         if event.kind == TaskEventKind.CLAIMED.value and event.attempt is not None:
             found[event.attempt] = Attempt(event.attempt, event.worker_id, event.at)
         elif event.kind in ATTEMPT_ENDINGS and event.attempt in found:
-            attempt = found[event.attempt]
-            if attempt.ended_at is None:
-                attempt.ended_at = event.at
-                attempt.outcome = str(EVENT_LABELS.get(event.kind, event.kind))
-                attempt.message = event.message
-                attempt.traceback = event.traceback
+            _end(found[event.attempt], event)
+        elif event.kind == TaskEventKind.CANCELLED.value:
+            # A cancel ends whatever attempt is still open (a running task that stopped on request),
+            # whether or not the event names the attempt: none stays "running" for ever.
+            for attempt in found.values():
+                _end(attempt, event)
     return [found[number] for number in sorted(found)]
+
+
+def _end(attempt: Attempt, event: TaskEvent) -> None:
+    if attempt.ended_at is None:
+        attempt.ended_at = event.at
+        attempt.outcome = str(EVENT_LABELS.get(event.kind, event.kind))
+        attempt.message = event.message
+        attempt.traceback = event.traceback
 
 
 @dataclass(frozen=True)
