@@ -18,6 +18,8 @@ from webapp.accounts.tokens import (
 from webapp.accounts.users import USERNAME_PATTERN
 from webapp.api.parsing import CURSOR_PATTERN
 from webapp.schedules.definition import NAME_PATTERN as SCHEDULE_NAME_PATTERN
+from webapp.tasks.errors import ValidationError
+from webapp.tasks.validation import validate_task_id
 
 
 @pytest.mark.parametrize("pattern, good", [
@@ -38,3 +40,10 @@ def test_token_name_with_a_trailing_newline_is_refused():
     with pytest.raises(TokenError):
         validate_token_name("billing\n")
 
+
+
+@pytest.mark.parametrize("value", ["²", "³", "¹0"])
+def test_number_fields_refuse_digits_int_cannot_read(value):
+    """``"²".isdigit()`` is true but ``int("²")`` raises: such input is a 422, never a 500."""
+    with pytest.raises(ValidationError):
+        validate_task_id(value)

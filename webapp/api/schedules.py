@@ -149,7 +149,7 @@ def run_schedule(name: str) -> Response:
 def list_schedule_runs(name: str) -> Response:
     """The schedule's runs, newest slot first (``limit``, default 50, at most 500)."""
     raw_limit = request.args.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_RUNS_PAGE:
+    if not raw_limit.isdecimal() or not 1 <= int(raw_limit) <= MAX_RUNS_PAGE:
         raise ValidationError(f"limit must be a whole number from 1 to {MAX_RUNS_PAGE}", field="limit")
     runs = ScheduleService().runs(_check_name(name), limit=int(raw_limit))
     return jsonify(items=[run_to_dict(view) for view in runs])

@@ -59,7 +59,7 @@ def submit_workflow() -> Response:
 def list_workflow_page() -> Response:
     """Workflows newest first (``status``, ``name``, ``limit`` up to 500, ``cursor``)."""
     raw_limit = request.args.get("limit", "50")
-    limit = int(raw_limit) if raw_limit.isdigit() else raw_limit
+    limit = int(raw_limit) if raw_limit.isdecimal() else raw_limit
     cursor = request.args.get("cursor")
     token = current_token()
     page = list_workflows(AsyncTaskService().session, status=request.args.get("status") or None,

@@ -39,7 +39,7 @@ def describe_cron(expression: str, timezone: str, language: str = "en") -> str:
 
 
 def _number(text: str) -> int | None:
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isdecimal() else None
 
 
 def _numbers(text: str) -> list[int] | None:

@@ -165,7 +165,7 @@ def _as_tuple(fields: CronFields) -> tuple[str, str, str, str, str]:
 
 def validate_interval(value: object) -> int:
     """Whole seconds, at least 1; a ValidationError naming ``interval_seconds`` otherwise."""
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isdecimal():
         value = int(value.strip())
     if isinstance(value, float) and value.is_integer():
         value = int(value)

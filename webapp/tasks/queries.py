@@ -100,7 +100,7 @@ def search_clause(search: str) -> ColumnElement[bool]:
     pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     payload_text = cast(AsyncTask.payload, Text)
     matches = or_(AsyncTask.error.ilike(pattern, escape="\\"), payload_text.ilike(pattern, escape="\\"))
-    if search.strip().isdigit() and len(search.strip()) < 19:
+    if search.strip().isdecimal() and len(search.strip()) < 19:
         matches = or_(matches, AsyncTask.id == int(search.strip()))
     return matches
 

@@ -29,7 +29,7 @@ def validate_task_id(value: Any, field: str = "id") -> int:
     """A task id: a positive integer (strings of digits accepted from URLs and the CLI)."""
     if isinstance(value, bool):
         raise ValidationError(f"{field} must be a positive integer", field=field)
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isdecimal():
         value = int(value.strip())
     if not isinstance(value, int) or not 1 <= value <= 2**63 - 1:
         raise ValidationError(f"{field} must be a positive integer, got {json_shown(value)}", field=field)
