@@ -15,7 +15,7 @@ ERRORS = {
     404: "No such workflow (or not one this token reaches).",
     409: "The workflow's state does not allow this change.",
     413: "Request body over the configured size limit.",
-    422: "Invalid input, named in `error.field` (`tasks[3].payload.n`, `tasks[1].after[0]`, a cycle "
+    422: "Invalid input, named in `error.field` (`workflow_id` not a positive integer, `tasks[3].payload.n`, `tasks[1].after[0]`, a cycle "
          "on `tasks` naming its keys, more tasks than ASYNC_TASK_WORKFLOW_MAX_TASKS); nothing is stored.",
 }
 
@@ -87,11 +87,12 @@ def workflow_schemas() -> dict[str, Any]:
 
 def workflow_paths() -> dict[str, Any]:
     """Paths of the workflow endpoints."""
-    workflow_id = {"name": "workflow_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+    workflow_id = {"name": "workflow_id", "in": "path", "required": True,
+                   "schema": {"type": "integer", "minimum": 1}}
 
     def action(operation: str, summary: str) -> dict[str, Any]:
         return {"post": {"operationId": operation, "summary": summary, "parameters": [workflow_id],
-                         "responses": {"200": _reply("The workflow.", "WorkflowDetail"), **_errors(401, 404, 409)}}}
+                         "responses": {"200": _reply("The workflow.", "WorkflowDetail"), **_errors(401, 404, 409, 422)}}}
 
     return {
         "/api/workflows": {
@@ -112,7 +113,7 @@ def workflow_paths() -> dict[str, Any]:
         },
         "/api/workflows/{workflow_id}": {"get": {
             "operationId": "getWorkflow", "summary": "A workflow, its counts and its tasks", "parameters": [workflow_id],
-            "responses": {"200": _reply("The workflow.", "WorkflowDetail"), **_errors(401, 404)}}},
+            "responses": {"200": _reply("The workflow.", "WorkflowDetail"), **_errors(401, 404, 422)}}},
         "/api/workflows/{workflow_id}/cancel": action("cancelWorkflow", "Cancel every task that has not started"),
         "/api/workflows/{workflow_id}/retry": action("retryWorkflow", "Retry a failed workflow's failed and "
                                                                        "cancelled tasks"),
