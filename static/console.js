@@ -7,6 +7,13 @@
 
   var selected = new Set();
 
+  // A plain form post (no htmx request to carry hx-confirm) asks first when it says data-confirm.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    var question = form && form.getAttribute && form.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) event.preventDefault();
+  }, true);
+
   function rowBoxes() {
     return document.querySelectorAll("#task-rows input[name='ids']");
   }
