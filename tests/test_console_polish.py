@@ -98,3 +98,14 @@ def test_a_task_cancelled_while_running_ends_its_attempt(make_app) -> None:
     table = table[:table.index("</table>")]
     assert table.count("<tr>") == 2  # the header and the one attempt
     assert ">running<" not in table and "Cancelled" in table
+
+
+def test_the_workers_page_compares_like_with_like(make_app) -> None:
+    app: Flask = make_app("sqlite")
+    with app.app_context():
+        service = AsyncTaskService()
+        service.register_worker("w-1", "host", 1, 2, heartbeat_interval=5)
+        service.heartbeat("w-1", busy=0, processed=10, failed=21)
+    client, _ = logged_in_client(app, "viewer")
+    html = client.get("/workers").get_data(as_text=True)
+    assert ">Succeeded</th>" in html and ">Failed attempts</th>" in html and ">Processed<" not in html
