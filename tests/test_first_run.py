@@ -19,6 +19,7 @@ import pytest
 from flask import Flask
 
 from tests.conftest import ROOT, wait_until
+from webapp import create_app
 from webapp.examples import example_tasks, seed_examples
 from webapp.notifications.dev_mail import list_dev_mails
 from webapp.tasks import AsyncTaskService
@@ -130,3 +131,11 @@ def test_make_run_seeds_examples_and_mails_link_to_its_port(tmp_path: Path) -> N
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         time.sleep(0.2)
+    # The SIGTERM'd server deregistered its consumer (issue 16 item 10): no worker left RUNNING
+    # to be declared DEAD later.
+    app = create_app({"TESTING": True, "SECRET_KEY": "x" * 40, "ASYNC_TASK_CONSUMER_ENABLED": False,
+                      "SQLALCHEMY_DATABASE_URI": env["DATABASE_URL"], "ASYNC_TASK_PROCESSORS": []})
+    with app.app_context():
+        workers = AsyncTaskService().workers(include_stopped=True)
+        assert workers and [w.status for w in workers] == ["STOPPED"] * len(workers), \
+            [(w.id, w.status) for w in workers]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import atexit
 import logging
+import signal
+import threading
 from datetime import timedelta
 
 from flask import Flask
@@ -83,4 +85,19 @@ def start_embedded_consumer(app: Flask) -> Consumer | None:
         return None
     consumer = Consumer(app).start()
     atexit.register(consumer.stop, 5.0)
+    _exit_cleanly_on_sigterm()
     return consumer
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """SIGTERM's default kills the process without running ``atexit``, so a stopped ``flask run``
+    (``make run``) left its worker row to be declared DEAD later. Where nobody handles SIGTERM
+    (gunicorn and ``flask tasks worker`` install their own), it becomes a normal exit instead."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_system_exit)
+
+
+def _raise_system_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
