@@ -102,7 +102,7 @@ def test_task_list_reports_bad_filters_and_keeps_the_input(app: Flask) -> None:
     response = client.get("/tasks?priority_min=high&status=DONE&created_after=yesterday&id=-4&created_by=%3Cb%3E")
     assert response.status_code == 400
     html = response.text
-    assert "priority_min must be a whole number" in html
+    assert "Priority from must be a whole number" in html  # the form's label, not the parameter (issue 16 item 11)
     assert "unknown status &#39;DONE&#39;" in html
     assert "created_after must be a time" in html
     assert "id must be a positive integer" in html

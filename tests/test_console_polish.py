@@ -109,3 +109,17 @@ def test_the_workers_page_compares_like_with_like(make_app) -> None:
     client, _ = logged_in_client(app, "viewer")
     html = client.get("/workers").get_data(as_text=True)
     assert ">Succeeded</th>" in html and ">Failed attempts</th>" in html and ">Processed<" not in html
+
+
+@pytest.mark.parametrize("language,expected", [
+    ("en", "Priority from must be a whole number"),
+    ("zh-CN", "优先级从必须是整数"),
+])
+def test_a_bad_priority_filter_is_named_by_its_label_in_the_pages_language(make_app, language: str,
+                                                                           expected: str) -> None:
+    app: Flask = make_app("sqlite")
+    client, _ = logged_in_client(app, "viewer")
+    answer = client.get("/tasks?priority_min=lots", headers={"Accept-Language": language})
+    html = answer.get_data(as_text=True)
+    assert answer.status_code == 400
+    assert expected in html and "priority_min must" not in html

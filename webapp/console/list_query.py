@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlencode
 
 from flask import url_for
+from flask_babel import gettext
 from werkzeug.datastructures import MultiDict
 
 from ..tasks.errors import ValidationError
@@ -89,9 +90,9 @@ class ArgsReader:
             self.query.errors[name] = exc.message
             return None
 
-    def whole_number(self, name: str, low: int, high: int) -> int | None:
-        """A whole number from ``low`` to ``high``."""
-        return self.parsed(name, lambda text: whole_number(text, name, low, high))
+    def whole_number(self, name: str, low: int, high: int, label: str | None = None) -> int | None:
+        """A whole number from ``low`` to ``high``; errors say ``label`` (the form's words) if given."""
+        return self.parsed(name, lambda text: whole_number(text, name, low, high, label))
 
     def task_id(self, name: str) -> int | None:
         """A task (or row) id; a leading ``#`` is allowed, as people write it."""
@@ -122,14 +123,19 @@ class ArgsReader:
         self.query.cursor = self.parsed("cursor", lambda text: validate_task_id(text, "cursor"))
 
 
-def whole_number(text: str, name: str, low: int, high: int) -> int:
-    """``text`` as a whole number from ``low`` to ``high``, or a ValidationError naming ``name``."""
+def whole_number(text: str, name: str, low: int, high: int, label: str | None = None) -> int:
+    """``text`` as a whole number from ``low`` to ``high``, or a ValidationError for the field
+    ``name`` whose message says ``label`` (the form's own words, translated) when given."""
     try:
         number = int(text.strip())
     except ValueError:
-        raise ValidationError(f"{name} must be a whole number", field=name) from None
+        message = (gettext("%(label)s must be a whole number", label=label) if label
+                   else f"{name} must be a whole number")
+        raise ValidationError(message, field=name) from None
     if not low <= number <= high:
-        raise ValidationError(f"{name} must be between {low} and {high}", field=name)
+        message = (gettext("%(label)s must be between %(low)s and %(high)s", label=label, low=low, high=high)
+                   if label else f"{name} must be between {low} and {high}")
+        raise ValidationError(message, field=name)
     return number
 
 

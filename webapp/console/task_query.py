@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, ClassVar
 
+from flask_babel import gettext
 from werkzeug.datastructures import MultiDict
 
 from ..tasks.errors import ValidationError
@@ -87,8 +88,8 @@ def parse_task_query(args: MultiDict[str, str]) -> TaskQuery:
     values: dict[str, Any] = {"statuses": read.choices("status", lambda text: validate_status(text.upper()))}
     values["task_type"] = read.text("task_type")
     values["created_by"] = read.text("created_by")
-    for name in ("priority_min", "priority_max"):
-        values[name] = read.whole_number(name, INT32_MIN, INT32_MAX)
+    for name, label in (("priority_min", gettext("Priority from")), ("priority_max", gettext("Priority to"))):
+        values[name] = read.whole_number(name, INT32_MIN, INT32_MAX, label)
     for name in ("created_after", "created_before"):
         values[name] = read.parsed(name, partial(parse_time_input, name=name))
         if values[name] is not None:
