@@ -11,6 +11,7 @@ from flask import Flask
 
 from tests.conftest import ROOT
 from tests.console_support import logged_in_client
+from webapp.console.formatting import ago
 from webapp.tasks import AsyncTaskService, TaskResult
 
 CJK_FONTS = ["PingFang SC", "Microsoft YaHei", "Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Micro Hei"]
@@ -123,3 +124,10 @@ def test_a_bad_priority_filter_is_named_by_its_label_in_the_pages_language(make_
     html = answer.get_data(as_text=True)
     assert answer.status_code == 400
     assert expected in html and "priority_min must" not in html
+
+
+@pytest.mark.parametrize("language,expected", [("en", "1 min 40 s ago"), ("zh-CN", "1 分 40 秒 前")])
+def test_relative_times_are_in_the_pages_language(make_app, language: str, expected: str) -> None:
+    app: Flask = make_app("sqlite")
+    with app.test_request_context("/", headers={"Accept-Language": language}):
+        assert ago(datetime.now(UTC) - timedelta(seconds=100, milliseconds=300)) == expected

@@ -48,17 +48,17 @@ def duration(value: timedelta | float | None) -> str:
     sign = "-" if seconds < 0 else ""
     seconds = abs(seconds)
     if seconds < 1:
-        return f"{sign}{seconds * 1000:.0f} ms"
+        return sign + gettext("%(ms)s ms", ms=f"{seconds * 1000:.0f}")
     if seconds < 60:
-        return f"{sign}{seconds:.0f} s" if seconds >= 10 else f"{sign}{seconds:.1f} s"
+        return sign + gettext("%(s)s s", s=f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.1f}")
     minutes, secs = divmod(int(seconds), 60)
     if minutes < 60:
-        return f"{sign}{minutes} min {secs:02d} s"
+        return sign + gettext("%(min)s min %(s)s s", min=minutes, s=f"{secs:02d}")
     hours, minutes = divmod(minutes, 60)
     if hours < 48:
-        return f"{sign}{hours} h {minutes:02d} min"
+        return sign + gettext("%(h)s h %(min)s min", h=hours, min=f"{minutes:02d}")
     days, hours = divmod(hours, 24)
-    return f"{sign}{days} d {hours} h"
+    return sign + gettext("%(d)s d %(h)s h", d=days, h=hours)
 
 
 def ago(value: datetime | None) -> str:
