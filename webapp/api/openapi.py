@@ -71,7 +71,9 @@ def task_schema() -> dict[str, Any]:
             "task_type": {"type": "string"},
             "status": {"type": "string", "enum": [s.value for s in TaskStatus]},
             "priority": {"type": "integer"},
-            "payload": {"type": "object"},
+            "payload": {"type": ["object", "null"],
+                        "description": "The payload; in list answers null when it is too large "
+                                       "(see `payload_preview`)."},
             "result": {"description": "The processor's result data (any JSON), or null."},
             "retry_count": {"type": "integer", "minimum": 0},
             "max_retry_count": {"type": "integer", "minimum": 0},
@@ -193,6 +195,8 @@ def build_openapi(registry: ProcessorRegistry | None, max_body_bytes: int | None
                         "200": _task_reply("Idempotent repeat: the task first created with this key.",
                                            location=True),
                         **_errors(400, 401, 413, 422),
+                        "409": _error("The idempotency_key was already used for another task type or "
+                                      "payload (`error.field` names it)."),
                     },
                 },
                 "get": {
@@ -217,6 +221,8 @@ def build_openapi(registry: ProcessorRegistry | None, max_body_bytes: int | None
                         "202": {"description": "All queued, in the order given.",
                                 "content": {JSON: {"schema": _ref("TaskBatch")}}},
                         **_errors(400, 401, 413, 422),
+                        "409": _error("The idempotency_key was already used for another task type or "
+                                      "payload (`error.field` names it)."),
                     },
                 },
             },
