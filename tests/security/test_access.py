@@ -17,6 +17,7 @@ from tests.security.support import (
     FORMS,
     HTMX_TARGETS,
     NOT_ROLE_GATED,
+    Probe,
     World,
     assert_security_headers,
     build_world,
@@ -213,7 +214,7 @@ def test_get_changes_nothing(world: World) -> None:
     statuses: dict[str, int] = {}
     with server_errors(world.app) as errors:
         for probe in probes(world.app, world):
-            if probe.method != "GET":
+            if probe.method != "GET" or _is_export(probe):
                 continue
             headers_list = [{}, *({"HX-Request": "true", "HX-Target": target} for target in HTMX_TARGETS)]
             for query in ("", sneaky):
@@ -228,6 +229,26 @@ def test_get_changes_nothing(world: World) -> None:
     assert changed_tables(before, snapshot(world.app)) == []
     with world.app.app_context():
         assert AsyncTaskService().require_task(world.pending_id).status == "PENDING"
+
+
+def test_export_gets_write_only_their_audit_entry(world: World) -> None:
+    """A download is audited (issue 16): the audit row is the only change an export GET makes."""
+    admin, _ = logged_in_client(world.app, "admin", "root")
+    bearer = {"Authorization": f"Bearer {world.token}"}
+    assert admin.get("/api/tasks", headers=bearer).status_code == 200  # last_used_at stamped now, once
+    exports = [probe for probe in probes(world.app, world) if probe.method == "GET" and _is_export(probe)]
+    assert exports, "no export routes found"
+    for probe in exports:
+        before = snapshot(world.app)
+        response = admin.get(probe.path, headers=bearer)
+        assert response.status_code == 200, (probe, response.status_code)
+        response.get_data()  # a streamed answer writes its audit row before the first row
+        assert changed_tables(before, snapshot(world.app)) == ["audit_log"], probe
+        assert {action.split(".")[0] for action in new_audit_actions(world.app, before)} == {"export"}, probe
+
+
+def _is_export(probe: Probe) -> bool:
+    return "export" in probe.endpoint
 
 
 def test_revoked_token_is_refused_everywhere(world: World) -> None:
