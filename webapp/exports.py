@@ -49,10 +49,13 @@ class ExportFormat(enum.StrEnum):
 
 
 def parse_export_format(value: Any) -> ExportFormat:
-    """``csv`` or ``jsonl`` (case-insensitive; ``csv`` when absent), or a ValidationError on ``format``."""
-    text = "csv" if value is None or str(value).strip() == "" else str(value).strip().lower()
+    """``csv`` or ``jsonl`` exactly (``csv`` when absent), or a ValidationError on ``format``.
+
+    Exact, as the OpenAPI document's enum says: an empty or differently cased value is refused
+    rather than guessed at.
+    """
     try:
-        return ExportFormat(text)
+        return ExportFormat("csv" if value is None else str(value))
     except ValueError:
         raise ValidationError(f"format must be csv or jsonl, not {str(value)[:40]!r}", field="format") from None
 
