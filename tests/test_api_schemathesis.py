@@ -69,9 +69,11 @@ def test_schemathesis_finds_no_server_error(app: Flask, live_api: str, backend: 
 
 
 def _operation_count(app: Flask) -> int:
-    """Operations in the document the token sees: every one of them must have been exercised."""
+    """Operations in the document the token sees, but the document itself (schemathesis does not
+    call the schema it loaded): every one of them must have been exercised."""
     with app.app_context():
         _, secret = create_token("schemathesis-count", reach="all")
     document = app.test_client().get("/api/openapi.json", headers={"Authorization": f"Bearer {secret}"}).get_json()
     methods = {"get", "put", "post", "delete", "patch", "head", "options"}
-    return sum(1 for item in document["paths"].values() for method in item if method in methods)
+    return sum(1 for path, item in document["paths"].items() if path != "/api/openapi.json"
+               for method in item if method in methods)

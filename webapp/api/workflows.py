@@ -16,7 +16,7 @@ from ..workflows.models import Workflow
 from ..workflows.queries import get_workflow, list_workflows, workflow_detail
 from ..workflows.serialize import workflow_detail_to_dict, workflow_to_dict
 from .auth import api_actor, current_token
-from .parsing import check_fields, decode_cursor, encode_cursor, read_json_object
+from .parsing import check_fields, check_text, decode_cursor, encode_cursor, read_json_object
 
 bp = Blueprint("workflows", __name__, url_prefix="/workflows")
 csrf.exempt(bp)  # bearer tokens, like the rest of the API
@@ -62,8 +62,9 @@ def list_workflow_page() -> Response:
     limit = int(raw_limit) if raw_limit.isdecimal() else raw_limit
     cursor = request.args.get("cursor")
     token = current_token()
-    page = list_workflows(AsyncTaskService().session, status=request.args.get("status") or None,
-                          name=request.args.get("name") or None, limit=limit,  # type: ignore[arg-type]
+    status, name = (check_text(request.args.get(field) or "", field) or None for field in ("status", "name"))
+    page = list_workflows(AsyncTaskService().session, status=status,
+                          name=name, limit=limit,  # type: ignore[arg-type]
                           cursor=decode_cursor(cursor) if cursor else None,
                           principal=None if token.reaches_all else token.principal)
     return jsonify(items=[workflow_to_dict(w) for w in page.items], next_cursor=encode_cursor(page.next_cursor))

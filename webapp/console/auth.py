@@ -55,7 +55,8 @@ def refuse_nul_characters() -> Response | None:
     login name or a path with NUL would otherwise end in a server error. (The API refuses the
     same text itself, with a 422 naming the field.)
     """
-    if request.blueprint in ("api", "health") or request.endpoint in (None, "static"):
+    top_blueprint = (request.blueprint or "").partition(".")[0]  # api.workflows belongs to the API
+    if top_blueprint in ("api", "health") or request.endpoint in (None, "static"):
         return None
     texts = [text for source in (request.args, request.form) for pair in source.items(multi=True)
              for text in pair]
