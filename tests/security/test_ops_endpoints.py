@@ -55,11 +55,16 @@ def test_openapi_names_task_types_only_to_token_holders(make_app: Callable[..., 
     assert anonymous.status_code == 200
     text = anonymous.get_data(as_text=True)
     assert not [name for name in registered if f'"{name}"' in text]
-    [generic] = anonymous.get_json()["components"]["schemas"]["TaskSubmission"]["oneOf"]
+    anonymous_schemas = anonymous.get_json()["components"]["schemas"]
+    assert anonymous_schemas["TaskSubmission"] == {"$ref": "#/components/schemas/GenericTaskSubmission"}
+    generic = anonymous_schemas["GenericTaskSubmission"]
     assert generic["properties"]["task_type"] == {"type": "string", "minLength": 1, "maxLength": 100}
     with_token = client.get("/api/openapi.json", headers={"Authorization": f"Bearer {_api_token(app)}"})
-    variants = with_token.get_json()["components"]["schemas"]["TaskSubmission"]["oneOf"]
-    assert {variant["title"] for variant in variants} == registered
+    schemas = with_token.get_json()["components"]["schemas"]
+    mapping = schemas["TaskSubmission"]["discriminator"]["mapping"]
+    assert set(mapping) == registered
+    for task_type, ref in mapping.items():
+        assert schemas[ref.rpartition("/")[2]]["properties"]["task_type"]["enum"] == [task_type]
 
 
 def test_metrics_are_closed_by_default(make_app: Callable[..., Flask]) -> None:
