@@ -93,9 +93,9 @@ def test_overlap_policies_with_tasks_longer_than_the_interval(make_app: Callable
             # task is asked to stop; one finishing at that very moment may still succeed).
             assert earlier.status == "CANCELLED" or earlier.cancel_requested_at is not None, \
                 [(task.status, task.cancel_requested_at) for _, task in cancel if task is not None]
-            # Counted once the cancel is requested: a running task stops at its next poll, which
-            # may come after this read (the test then saw PROCESSING with the request set).
-            cancelled += earlier.status == "CANCELLED" or earlier.cancel_requested_at is not None
+        # Counted once the cancel is requested (a running task stops at its next poll, which may
+        # come after this read), and whether or not it stopped within the slack of the next slot.
+        cancelled += earlier.status == "CANCELLED" or earlier.cancel_requested_at is not None
     assert cancelled >= 1
 
 
