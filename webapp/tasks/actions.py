@@ -9,7 +9,7 @@ are audited, refusals included.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import update
 
@@ -22,6 +22,9 @@ from .store import TaskStore, engine_state
 from .submit import Submitter
 from .transitions import TRANSITIONS, may, refusal_message, starting_statuses
 from .validation import validate_task_id
+
+# How many times a cancel re-reads a task that a worker moved under it before giving up.
+CANCEL_ROUNDS = 5
 
 
 class OperatorActions(TaskStore):
@@ -36,14 +39,26 @@ class OperatorActions(TaskStore):
         as too late. SUCCESS, FAILURE and CANCELLED tasks are refused with InvalidTransition.
         """
         task_id = validate_task_id(task_id)
-        self.session.rollback()
-        self.begin_write()
-        if not self.cancel_waiting([task_id], actor):
-            return self._request_cancel(task_id, actor)
-        if actor is not None:
-            self.audit(actor, "task.cancel", "task", task_id)
-        self.session.commit()
-        return require_task(self.session, task_id)
+        # Each round is one conditional UPDATE per branch; a round is lost only when a worker
+        # moved the task between our two statements (finished an attempt, scheduled a retry,
+        # claimed it again), so a few rounds always settle it.
+        for _ in range(CANCEL_ROUNDS):
+            self.session.rollback()
+            self.begin_write()
+            if self.cancel_waiting([task_id], actor):
+                if actor is not None:
+                    self.audit(actor, "task.cancel", "task", task_id)
+                self.session.commit()
+                return require_task(self.session, task_id)
+            if self._request_cancel(task_id, actor):
+                return require_task(self.session, task_id)
+            self.session.rollback()
+            task = get_task(self.session, task_id)
+            if task is None or not (may("cancel", task.status) or may("request_cancel", task.status)):
+                break
+            if may("request_cancel", task.status) and task.cancel_requested_at is not None:
+                return task  # already requested: asking twice changes nothing
+        self._refuse(task_id, actor, "cancel")
 
     def cancel_waiting(self, task_ids: Sequence[int], actor: str | None, message: str | None = None) -> list[int]:
         """PENDING/RETRYING -> CANCELLED for these ids, with their events; the ids that changed.
@@ -54,7 +69,8 @@ class OperatorActions(TaskStore):
         return self._take_transition("cancel", task_ids, actor, message, finished_at=now, updated_at=now,
                                      claim_token=None, worker_id=None)
 
-    def _request_cancel(self, task_id: int, actor: str | None) -> AsyncTask:
+    def _request_cancel(self, task_id: int, actor: str | None) -> bool:
+        """Record a cancel request on the running attempt, with its event; committed when True."""
         requested = self.session.execute(
             update(AsyncTask)
             .where(AsyncTask.id == task_id, AsyncTask.status.in_(starting_statuses("request_cancel")),
@@ -64,22 +80,14 @@ class OperatorActions(TaskStore):
             .execution_options(synchronize_session=False)
         ).first()
         if requested is None:
-            self.session.rollback()
-            task = get_task(self.session, task_id)
-            if task is not None and may("request_cancel", task.status):
-                return task  # already requested: asking twice changes nothing
-            if task is not None and may("cancel", task.status):
-                # The attempt ended (retry scheduled, released, recovered) between our two
-                # statements: the task is cancellable again, so cancel it rather than refuse.
-                return self.cancel_task(task_id, actor)
-            self._refuse(task_id, actor, "cancel")
+            return False
         self.write_events([self.transition_event(
-            "request_cancel", task_id, actor=actor, attempt=requested.attempts if requested else None,
+            "request_cancel", task_id, actor=actor, attempt=requested.attempts,
             message="cancel requested while running; the processor decides when to stop")])
         if actor is not None:
             self.audit(actor, "task.cancel_request", "task", task_id)
         self.session.commit()
-        return require_task(self.session, task_id)
+        return True
 
     def retry_task(self, task_id: Any, actor: str | None = None) -> AsyncTask:
         """FAILURE -> PENDING with the retry count back at 0. Any other status is refused."""
@@ -163,7 +171,7 @@ class OperatorActions(TaskStore):
         self.commit_new_work()
         return require_task(self.session, new_id)
 
-    def _refuse(self, task_id: int, actor: str | None, action: str) -> None:
+    def _refuse(self, task_id: int, actor: str | None, action: str) -> NoReturn:
         if actor is not None:
             # The refusal is audited: on SQLite a read later upgraded to a write can fail with
             # "database is locked", so take the write lock before reading.
