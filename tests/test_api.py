@@ -252,6 +252,19 @@ def test_bad_list_parameters_are_422_naming_the_parameter(api: Api, query: str, 
     _error(api.get(f"/api/tasks?{query}"), 422, field=field)
 
 
+@pytest.mark.parametrize("path", [
+    "/api/exports/audit?action=task%00", "/api/exports/audit?actor=a%00b",
+    "/api/exports/notifications?recipient=a%00b", "/api/exports/tasks?q=a%00b",
+    "/api/schedules?q=%00", "/api/workflows?name=a%00", "/api/tasks?search=%00",
+])
+def test_nul_in_any_query_parameter_is_a_422_naming_it(app: Flask, api: Api, path: str) -> None:
+    """PostgreSQL cannot compare text holding NUL: every endpoint's filters refuse it up front."""
+    field = path.split("?")[1].split("=")[0]
+    _error(api.get(path), 422, field=field)
+    with app.app_context():  # and the refusal left nothing behind (an export would audit itself)
+        assert not db.session.scalars(select(AuditEntry).where(AuditEntry.action.like("export%"))).all()
+
+
 # -- cancel and retry --------------------------------------------------------------------------
 
 

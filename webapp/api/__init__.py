@@ -10,7 +10,7 @@ from .auth import require_api_token
 from .blueprint import bp
 from .errors import register_error_handlers
 from .exports import bp as exports_bp
-from .parsing import refuse_oversized_body
+from .parsing import refuse_oversized_body, refuse_unstorable_query_text
 from .schedules import bp as schedules_bp
 from .workflows import bp as workflows_bp
 
@@ -20,6 +20,7 @@ bp.register_blueprint(exports_bp)  # /api/exports, likewise
 
 bp.before_request(refuse_oversized_body)
 bp.before_request(require_api_token)
+bp.before_request(refuse_unstorable_query_text)
 register_error_handlers(bp)
 
 __all__ = ["bp"]

@@ -44,6 +44,20 @@ def refuse_oversized_body() -> None:
         raise RequestEntityTooLarge()
 
 
+def refuse_unstorable_query_text() -> None:
+    """Before every authenticated API call: a query parameter or path part with NUL is a 422 naming it.
+
+    Every filter reaches PostgreSQL, which cannot compare text holding NUL; one check here covers
+    the filters of every endpoint (exports, lists, nested blueprints) instead of each view's.
+    """
+    for name, value in request.args.items(multi=True):
+        check_text(name, "query parameter name")
+        check_text(value, name)
+    for name, value in (request.view_args or {}).items():
+        if isinstance(value, str):
+            check_text(value, name)
+
+
 def read_json_object() -> dict[str, Any]:
     """The request body as a JSON object: malformed JSON 400, anything else but an object 422.
 
