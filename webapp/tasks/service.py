@@ -42,6 +42,7 @@ from .queries import list_task_previews as _list_task_previews
 from .store import TaskStore, engine_state
 from .submit import SubmitOutcome, Submitter, TaskSnapshot
 from .validation import parse_time, validate_status, validate_task_id
+from .waiting import Waiting, WaitingReasons
 
 __all__ = [
     "ALL_TYPES", "WAKE_CHANNEL", "AsyncTaskService", "FinishOutcome", "FinishedAttempt", "SubmitOutcome",
@@ -253,6 +254,10 @@ class AsyncTaskService(TaskStore):
     def set_limit_override(self, task_type: str, body: dict[str, Any], actor: str | None = None) -> None:
         """Override a type's ``concurrency`` / ``rate`` at runtime (every worker follows within seconds)."""
         self.part(LimitOverrides).set_override(task_type, body, actor)
+
+    def waiting_reasons(self, task_ids: Iterable[int]) -> dict[int, Waiting]:
+        """Why these waiting tasks have not started (a limit at its ceiling, a pause) and their start-by."""
+        return self.part(WaitingReasons).for_tasks(task_ids)
 
     def expire_start_deadlines(self) -> list[int]:
         """End waiting tasks past their ``start_by`` (CANCELLED, "start deadline passed"); their ids."""
