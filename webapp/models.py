@@ -1,6 +1,7 @@
 """Imports every model so that metadata (and Alembic) sees all tables."""
 
 from .accounts.models import ApiToken, LoginFailureCounter, User
+from .tasks.history_models import TaskStat, TaskStatMark
 from .tasks.limit_models import TaskLimitOverride, TaskLimitStart
 from .tasks.models import (
     AsyncTask,
@@ -12,4 +13,5 @@ from .tasks.models import (
 )
 
 __all__ = ["ApiToken", "AsyncTask", "AuditEntry", "LoginFailureCounter", "Notification", "TaskEvent",
-           "TaskLimitOverride", "TaskLimitStart", "TaskTypeState", "User", "Worker"]
+           "TaskLimitOverride", "TaskLimitStart", "TaskStat", "TaskStatMark", "TaskTypeState", "User",
+           "Worker"]

@@ -40,6 +40,7 @@ from ..logging_setup import task_log_context
 from ..notifications.dispatcher import NotificationDispatcher
 from .direct import DirectConnection, first_line, is_lost_connection
 from .errors import TaskCancelled
+from .history import RUN_AT_SECOND, aggregate_history
 from .lock_keeper import TaskLockKeeper
 from .masking import declared_sensitive_fields, scrub_secrets, secret_values
 from .pool import ClaimPool
@@ -48,6 +49,7 @@ from .progress import TaskContext
 from .progress import enter as enter_context
 from .registry import payload_from_json
 from .service import WAKE_CHANNEL, AsyncTaskService, FinishedAttempt, FinishOutcome
+from .time_limits import AttemptLimits
 from .wakeup import PostgresListener, SQLiteWatcher
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,8 @@ class Consumer(ClaimPool[TaskInfo]):
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.engine = app.extensions["async_task"]
         self.lock_keeper = TaskLockKeeper(app, self.engine.locks, self.worker_id)
+        # Time limits and process isolation (time_limits.py, isolation.py).
+        self.attempt_limits = AttemptLimits(app, settings, self.worker_id, self.concurrency)
 
         # Outcomes of attempts whose processor wrote nothing itself, written in batches.
         self._finished: queue.Queue[FinishedAttempt | None] = queue.Queue()
@@ -123,6 +127,7 @@ class Consumer(ClaimPool[TaskInfo]):
         finisher.start()
         self._finisher = finisher
         self.start_threads("task-worker", "task-dispatcher")
+        self.attempt_limits.start()
         # Notifications go out on the notifier's own threads, never on the task workers.
         self.notifier = NotificationDispatcher(self.app, settings=self.settings).start()
         if self.listen:
@@ -142,6 +147,8 @@ class Consumer(ClaimPool[TaskInfo]):
         if self.settings.retention_days:
             scheduler.add_job(self._purge_expired, "interval", hours=1, id="retention",
                               next_run_time=now)
+        # Per-minute statistics for the console's history charts and /metrics (tasks/history.py).
+        scheduler.add_job(aggregate_history, "cron", second=RUN_AT_SECOND, args=[self.app], id="history")
         schedules = self.app.extensions.get("schedules")
         if schedules is not None:  # recurring schedules (webapp/schedules/runner.py): due slots -> tasks
             scheduler.add_job(schedules.tick, "interval", seconds=schedules.interval, id="schedules",
@@ -172,6 +179,7 @@ class Consumer(ClaimPool[TaskInfo]):
         unstarted = self.take_unstarted()  # claimed (prefetched) but never started: given back
         self.wait_until_idle(deadline)
         self.end_workers(time.monotonic())
+        self.attempt_limits.close()  # child processes still running a task are killed
         with self._lock:
             self._finisher_closed = True  # late finishers (past the grace) write their own outcome
             self._finished.put(None)
@@ -363,13 +371,17 @@ class Consumer(ClaimPool[TaskInfo]):
         if processor is None:
             return TaskResult.failure(f"no processor registered for task type {task.task_type!r}",
                                       retryable=False), None
+        limits = self.attempt_limits.limits_for(task)
+        if limits.isolation == "process":
+            return self.attempt_limits.run_isolated(processor, task, limits)
         context = TaskContext(self.app, task)
         enter_context(context)
         try:
             payload: Any = task.payload
             if processor.payload_type is not None:
                 payload = payload_from_json(processor.payload_type, task.payload)
-            result = processor.process(task, payload)
+            with self.attempt_limits.watch(task, limits, context):
+                result = processor.process(task, payload)
         except TaskCancelled:
             _discard_attempt_writes(task)  # a cancelled attempt keeps none of its writes
             log.info("task %s (%s) attempt %s cancelled on request", task.id, task.task_type, task.attempt)
