@@ -25,6 +25,10 @@ PACKAGE_DIR = ROOT / PACKAGE
 LAZY_IMPORTS_ALLOWED: dict[tuple[str, str], str] = {
     ("webapp.console.i18n", "babel.messages.mofile"): "compiling translations is a maintenance command",
     ("webapp.console.i18n", "babel.messages.pofile"): "compiling translations is a maintenance command",
+    # Start-up speed (issue 12): heavy packages imported only where they are used.
+    ("webapp.schema", "flask_migrate"): "heavy (alembic, Mako, Pygments, every dialect's DDL): only a "
+                                        "migration that runs needs it, not every command and web start",
+    ("webapp.schema", "flask_migrate.cli"): "heavy (imports flask_migrate): only a `flask db …` sub-command needs it",
 }
 
 

@@ -20,10 +20,11 @@ from .config import ConfigError, load_settings
 from .console import init_console
 from .dbliveness import SUPPORTED as LIVENESS_CHECK_SUPPORTED
 from .dbliveness import install_liveness_check
-from .extensions import csrf, db, mail, migrate
+from .extensions import csrf, db, mail
 from .health import bp as health_bp
 from .logging_setup import configure_logging
 from .schedules.setup import init_schedules
+from .schema import init_migrations
 from .startup_checks import refuse_weak_secret_key, running_flask_command
 from .tasks.engine import init_engine
 from .teardown_guard import guard_teardowns
@@ -67,7 +68,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     with app.app_context():
         install_liveness_check(db.engines)  # instead of pre-ping's round trip a checkout
-    migrate.init_app(app, db, directory=str(_migrations_dir()), render_as_batch=True)
+    init_migrations(app, db, _migrations_dir())  # flask db …; alembic is imported only when one runs
     mail.init_app(app)
     csrf.init_app(app)
 

@@ -1,7 +1,6 @@
 """Flask extensions, created unbound here and bound to the app in ``create_app``."""
 
 from flask_mail import Mail
-from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import CSRFProtect
 from sqlalchemy.orm import DeclarativeBase
@@ -12,6 +11,5 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base)
-migrate = Migrate()
 mail = Mail()
 csrf = CSRFProtect()
