@@ -95,7 +95,10 @@ def test_an_override_is_stored_audited_and_followed_by_the_claim(limited_app):
     ({"rate": {"count": 5, "per_seconds": 0}}, "rate.per_seconds"),
     ({"rate": {"count": 5, "per_seconds": "1"}}, "rate.per_seconds"),
     ({"rate": 10}, "rate"),
-    ({"time_limit": 5}, "time_limit"),
+    ({"time_limit": -1}, "time_limit"),
+    ({"time_limit": 0}, "time_limit"),
+    ({"time_limit": "5"}, "time_limit"),
+    ({"soft_time_limit": 5}, "soft_time_limit"),
 ])
 def test_a_bad_override_is_a_422_naming_the_field_and_nothing_changes(limited_app, body, field):
     client, headers = limited_app.test_client(), _headers(limited_app)

@@ -166,6 +166,10 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     # and this long after login whatever happens.
     "ASYNC_TASK_SESSION_IDLE_TIMEOUT": (_positive_float, 1800.0),
     "ASYNC_TASK_SESSION_LIFETIME": (_positive_float, 43200.0),
+    # Process isolation (docs/flow-control.md): a child process is replaced after this many tasks,
+    # or once its resident memory passes this many MiB after a task (0: never).
+    "ASYNC_TASK_MAX_TASKS_PER_CHILD": (_non_negative_int, 0),
+    "ASYNC_TASK_MAX_MEMORY_PER_CHILD": (_non_negative_int, 0),
 }
 
 # Flask-Mail's settings, parsed (the environment gives strings; "false" must not mean True).
@@ -313,6 +317,8 @@ class EngineSettings:
     mail_language: str
     base_url: str
     dev_mail_dir: str | None = None
+    max_tasks_per_child: int = 0
+    max_memory_per_child: int = 0  # MiB
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> EngineSettings:
@@ -340,6 +346,8 @@ class EngineSettings:
             mail_language=config["ASYNC_TASK_MAIL_LANGUAGE"],
             base_url=config["ASYNC_TASK_BASE_URL"],
             dev_mail_dir=config.get("ASYNC_TASK_DEV_MAIL_DIR"),
+            max_tasks_per_child=config.get("ASYNC_TASK_MAX_TASKS_PER_CHILD", 0),
+            max_memory_per_child=config.get("ASYNC_TASK_MAX_MEMORY_PER_CHILD", 0),
         )
 
     @property

@@ -39,7 +39,8 @@ def get_task_type_limits(task_type: str) -> Response:
 
 @bp.put("/task-types/<task_type>/limits")
 def set_task_type_limits(task_type: str) -> Response:
-    """Override ``concurrency`` and ``rate`` at runtime (null keeps the processor's value); audited."""
+    """Override ``concurrency``, ``rate`` and ``time_limit`` at runtime (null keeps the processor's
+    value); audited."""
     service = _service_for(task_type)
     service.set_limit_override(task_type, read_json_object(), actor=api_actor())
     [item] = service.limits_overview(task_type)

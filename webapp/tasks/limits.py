@@ -121,6 +121,11 @@ class TaskLimits:
 NO_LIMITS = TaskLimits()
 
 
+def time_limit_message(seconds: float) -> str:
+    """The error of an attempt stopped (or marked) at its hard time limit."""
+    return f"time limit of {seconds:g} s exceeded"
+
+
 @dataclass(frozen=True)
 class ClaimLimit:
     """One limited task type as the claim statement takes it (None: that limit is off)."""

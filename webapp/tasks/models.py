@@ -209,6 +209,8 @@ class TaskEventKind(enum.StrEnum):
     CANCEL_TOO_LATE = "CANCEL_TOO_LATE"
     RESUBMITTED = "RESUBMITTED"
     UNBLOCKED = "UNBLOCKED"  # a workflow's waiting task whose last parent succeeded
+    SOFT_TIME_LIMIT = "SOFT_TIME_LIMIT"  # past its soft time limit: the attempt was asked to stop
+    TIME_LIMIT_EXCEEDED = "TIME_LIMIT_EXCEEDED"  # past its hard limit in a thread that cannot be stopped
 
 
 class TaskEvent(db.Model):  # type: ignore[name-defined,misc]
