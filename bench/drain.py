@@ -34,6 +34,8 @@ NAME = "drain"
 TABLES = ("notification", "task_event", "audit_log", "async_task", "worker", "task_type_state",
           "api_token", "console_user")
 NOOP = "BENCH_NOOP"
+ASYNC_NOOP = "BENCH_ASYNC_NOOP"  # bench/async_processors.py, loaded only for its own runs
+ASYNC_PROCESSORS = ["bench.processors", "bench.async_processors"]
 # Idle workers re-poll this often while the type is paused; once draining, the engine claims
 # again on its own as threads free up, so this does not pace the drain.
 START_POLL_INTERVAL = 0.5
@@ -230,7 +232,8 @@ def count_succeeded(app: Any) -> int:
 
 
 def drain_once(ctx: Context, backend: str, workers: int, batch: int, count: int,
-               pg_url: str | None, redis: bool = False, writes: bool = False, **settings: Any) -> float:
+               pg_url: str | None, redis: bool = False, writes: bool = False, task_type: str = NOOP,
+               **settings: Any) -> float:
     """One drain run; returns tasks/s (first start to last finish). ``settings`` go to the workers.
 
     With ``writes``, a ``BackgroundWriter`` submits and reads until the pre-loaded tasks are
@@ -244,20 +247,22 @@ def drain_once(ctx: Context, backend: str, workers: int, batch: int, count: int,
     overrides: dict[str, Any] = {"REDIS_URL": None}
     if redis:
         overrides = {"REDIS_URL": "redis://127.0.0.1:6379/0", "ASYNC_TASK_REDIS_LOCK_PREFIX": prefix}
-    app = bench_app(url)
+    if task_type == ASYNC_NOOP:
+        overrides["ASYNC_TASK_PROCESSORS"] = ",".join(ASYNC_PROCESSORS)
+    app = bench_app(url, **({"ASYNC_TASK_PROCESSORS": ASYNC_PROCESSORS} if task_type == ASYNC_NOOP else {}))
     procs: list[Process] = []
     try:
         if backend == "postgres":
             reset_tables(app)
-        set_paused(app, NOOP, True)
-        preload(app, count)
+        set_paused(app, task_type, True)
+        preload(app, count, task_type)
         worker_settings: dict[str, Any] = {"ASYNC_TASK_BATCH_SIZE": batch,
                                            "ASYNC_TASK_CONCURRENCY": concurrency()}
         worker_settings.update({k: v for k, v in overrides.items() if v is not None})
         worker_settings.update({k: v for k, v in settings.items() if k != "writes"})
-        procs = start_workers_paused(ctx, app, url, workers, label, **worker_settings)
+        procs = start_workers_paused(ctx, app, url, workers, label, task_type, **worker_settings)
         writer = BackgroundWriter(app) if writes else None
-        set_paused(app, NOOP, False)
+        set_paused(app, task_type, False)
         if writer is not None:
             writer.start()
             try:
@@ -333,3 +338,17 @@ def run(ctx: Context) -> None:
             if repeats > 1:
                 note += f"; best of {repeats}: " + ", ".join(f"{r:,.0f}" for r in rates)
             ctx.add(NAME, name, rate, "tasks/s", note)
+        run_async_noop(ctx, count, pg_url, quick=ctx.quick)
+
+
+def run_async_noop(ctx: Context, count: int, pg_url: str, quick: bool) -> None:
+    """The no-op drain with ``async def process`` (docs/async-processors.md), next to this run's thread no-op."""
+    threads = ctx.shared.get("drain", {})
+    for batch in (10,) if quick else (10, 100):
+        rate = drain_once(ctx, "postgres", 1, batch, count, pg_url, task_type=ASYNC_NOOP)
+        note = (f"{count:,} async no-op tasks, up to {engine_default('ASYNC_TASK_ASYNC_CONCURRENCY')} "
+                f"at a time on the worker's event loop")
+        thread_rate = threads.get(("postgres", 1, batch))
+        if thread_rate:
+            note += f"; {rate / thread_rate:.2f}x the thread no-op drain of this run ({thread_rate:,.0f}/s)"
+        ctx.add(NAME, f"postgres async no-op, 1 worker, batch {batch}", rate, "tasks/s", note)

@@ -129,6 +129,8 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "ASYNC_TASK_BATCH_SIZE": (_positive_int, 10),
     "ASYNC_TASK_CONCURRENCY": (_positive_int, 3),
     "ASYNC_TASK_PREFETCH": (_non_negative_int, 0),
+    # Attempts of ``async def`` processors one worker runs at a time on its event loop.
+    "ASYNC_TASK_ASYNC_CONCURRENCY": (_positive_int, 100),
     "ASYNC_TASK_RETENTION_DAYS": (_non_negative_int, 0),
     "ASYNC_TASK_TRUSTED_PROXIES": (_non_negative_int, 0),
     "ASYNC_TASK_DIRECT_CONNECTIONS": (_parse_bool, True),
@@ -298,6 +300,7 @@ class EngineSettings:
     concurrency: int
     batch_size: int
     prefetch: int
+    async_concurrency: int
     poll_interval: float
     heartbeat_interval: float
     max_processing_time: float
@@ -327,6 +330,7 @@ class EngineSettings:
             concurrency=config["ASYNC_TASK_CONCURRENCY"],
             batch_size=config["ASYNC_TASK_BATCH_SIZE"],
             prefetch=config["ASYNC_TASK_PREFETCH"],
+            async_concurrency=config["ASYNC_TASK_ASYNC_CONCURRENCY"],
             poll_interval=config["ASYNC_TASK_POLL_INTERVAL"],
             heartbeat_interval=config["ASYNC_TASK_HEARTBEAT_INTERVAL"],
             max_processing_time=config["ASYNC_TASK_MAX_PROCESSING_TIME"],

@@ -11,6 +11,8 @@ Shape of one consumer process, on the claim pool of ``pool.py``:
 * ``concurrency`` **worker threads**, each running one task at a time in its own app context;
   outcomes of processors that wrote nothing themselves go to one **finisher thread**, which
   writes them in batches;
+* with ``async def`` processors registered, one **event-loop thread** (``async_runner.py``)
+  running up to ``ASYNC_TASK_ASYNC_CONCURRENCY`` of their attempts, claimed in a lane of their own;
 * APScheduler jobs for the **heartbeat** (worker row and Redis lock expiry) and the
   **recovery sweep**, both every ``heartbeat_interval``;
 * a notification dispatcher (``webapp.notifications.dispatcher``) on threads of its own.
@@ -38,6 +40,7 @@ from ..config import EngineSettings, engine_settings
 from ..extensions import db
 from ..logging_setup import task_log_context
 from ..notifications.dispatcher import NotificationDispatcher
+from .async_runner import AsyncRunner, split_task_types
 from .direct import DirectConnection, first_line, is_lost_connection
 from .errors import TaskCancelled
 from .history import RUN_AT_SECOND, aggregate_history
@@ -84,6 +87,8 @@ class Consumer(ClaimPool[TaskInfo]):
         self.heartbeat_interval = heartbeat_interval or settings.heartbeat_interval
         self.max_processing_time = max_processing_time or settings.max_processing_time
         self.task_types = task_types
+        self._thread_types, self._async_types = task_types, list[str]()
+        self._async_runner: AsyncRunner | None = None
         self.listen = listen
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.engine = app.extensions["async_task"]
@@ -126,6 +131,10 @@ class Consumer(ClaimPool[TaskInfo]):
         finisher = threading.Thread(target=self._finish_loop, name="task-finisher", daemon=True)
         finisher.start()
         self._finisher = finisher
+        self._thread_types, self._async_types = split_task_types(self.engine.registry, self.task_types)
+        if self._async_types:  # async processors get an event loop and a claim lane of their own
+            self.side_capacity = self.settings.async_concurrency
+            self._async_runner = AsyncRunner(self).start()
         self.start_threads("task-worker", "task-dispatcher")
         self.attempt_limits.start()
         # Notifications go out on the notifier's own threads, never on the task workers.
@@ -178,6 +187,9 @@ class Consumer(ClaimPool[TaskInfo]):
         deadline = time.monotonic() + grace
         unstarted = self.take_unstarted()  # claimed (prefetched) but never started: given back
         self.wait_until_idle(deadline)
+        if self._async_runner is not None:  # async attempts past the grace: cancelled, given back below
+            self._async_runner.stop(timeout=min(grace, NOTIFIER_STOP_GRACE))
+            self._async_runner = None
         self.end_workers(time.monotonic())
         self.attempt_limits.close()  # child processes still running a task are killed
         with self._lock:
@@ -210,10 +222,22 @@ class Consumer(ClaimPool[TaskInfo]):
     # -- the pool's side: claiming -----------------------------------------------------------
 
     def claim(self, wanted: int) -> list[TaskInfo]:
+        """Claim due tasks of thread-run types; see ``_claim_of``."""
+        return self._claim_of(wanted, self._thread_types) if self._thread_types != [] else []
+
+    def claim_side(self, wanted: int) -> list[TaskInfo]:
+        """Claim due tasks of async types, for the event loop."""
+        return self._claim_of(wanted, self._async_types)
+
+    def start_side(self, item: TaskInfo) -> None:
+        assert self._async_runner is not None  # side_capacity is 0 without it
+        self._async_runner.submit(item)
+
+    def _claim_of(self, wanted: int, task_types: list[str] | None) -> list[TaskInfo]:
         """Claim due tasks for this worker and take their Redis locks; the ones it may run."""
         with self.app.app_context():
             try:
-                claimed = AsyncTaskService().claim_due_tasks(self.worker_id, wanted, self.task_types,
+                claimed = AsyncTaskService().claim_due_tasks(self.worker_id, wanted, task_types,
                                                              direct=self._claim_direct)
             finally:
                 db.session.remove()
@@ -257,24 +281,31 @@ class Consumer(ClaimPool[TaskInfo]):
             service = AsyncTaskService()
             try:
                 result, trace = self._execute(service, task)
-                if not db.session().in_transaction():
-                    # The processor did no database work: nothing needs its transaction, so the
-                    # outcome joins the finisher's next batch and this thread takes the next task.
-                    with self._lock:
-                        batched = not self._finisher_closed
-                        if batched:
-                            self._unwritten += 1
-                            self._finished.put(FinishedAttempt(task, result, trace))
-                    if batched:
-                        return
-                try:
-                    outcome = service.finish_task(task, result, worker_id=self.worker_id, traceback=trace)
-                except Exception as exc:
-                    # Committing the processor's own writes failed (constraint, lost connection):
-                    # the attempt fails as a whole and nothing of it is kept.
-                    outcome = self._finish_as_failed(service, task, exc)
+                # The processor did no database work: nothing needs its transaction, so the
+                # outcome joins the finisher's next batch and this thread takes the next task.
+                if db.session().in_transaction() or not self.queue_outcome(task, result, trace):
+                    self.finish_attempt(service, task, result, trace)
             finally:
                 db.session.remove()
+
+    def queue_outcome(self, task: TaskInfo, result: TaskResult, trace: str | None) -> bool:
+        """Hand an outcome to the finisher's batches (never blocks); False once it closed on stop."""
+        with self._lock:
+            if self._finisher_closed:
+                return False
+            self._unwritten += 1
+            self._finished.put(FinishedAttempt(task, result, trace))
+        return True
+
+    def finish_attempt(self, service: AsyncTaskService, task: TaskInfo, result: TaskResult,
+                       trace: str | None) -> None:
+        """Commit the outcome in the processor's session, its own writes with it."""
+        try:
+            outcome = service.finish_task(task, result, worker_id=self.worker_id, traceback=trace)
+        except Exception as exc:
+            # Committing the processor's own writes failed (constraint, lost connection):
+            # the attempt fails as a whole and nothing of it is kept.
+            outcome = self._finish_as_failed(service, task, exc)
         self._after_finish([task], [outcome])
 
     def _finish_as_failed(self, service: AsyncTaskService, task: TaskInfo, exc: Exception) -> FinishOutcome:

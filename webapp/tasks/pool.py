@@ -7,6 +7,13 @@ time. The in-flight count (claimed and not yet done) is what decides how much to
 pool never holds more than it can run. When a worker finishes while the last claim came back
 full, it wakes the claim thread at once: a queue drains without waiting for the next poll.
 
+An optional **side lane** runs items without a thread each (the consumer's event loop for
+``async def`` processors, ``async_runner.py``): a subclass that sets ``side_capacity`` is asked
+for side items (``claim_side``) against that capacity, not against free threads, and starts them
+itself (``start_side``), calling ``side_done`` when each ends. The two lanes are claimed
+separately, each only when due (woken from outside, or its last claim came back full), so a
+worker whose queue holds only one kind pays no empty claim of the other kind per round.
+
 Stopping is graceful: claim nothing new (a claim in flight still lands), hand back the items
 claimed but not started, and give running items until a deadline.
 
@@ -44,8 +51,14 @@ class ClaimPool(Generic[Item]):
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified whenever the in-flight count drops
-        self._inflight = 0
+        self._inflight = 0  # both lanes
         self._last_claim_full = False
+        # The side lane (see the module docstring); a lane is claimed only when it is due.
+        self.side_capacity = 0
+        self._side_inflight = 0
+        self._side_last_full = False
+        self._threads_due = True
+        self._side_due = True
         self._claimer: threading.Thread | None = None
         self._workers: list[threading.Thread] = []
 
@@ -61,6 +74,27 @@ class ClaimPool(Generic[Item]):
 
     def item_done(self, item: Item) -> None:
         """Called in the worker thread after ``run_item``, under the pool's lock."""
+
+    def claim_side(self, wanted: int) -> list[Item]:
+        """Claim up to ``wanted`` side-lane items (in the claim thread; only with ``side_capacity``)."""
+        return []
+
+    def start_side(self, item: Item) -> None:
+        """Start a side-lane item without blocking; it must end with ``side_done(item, ...)``."""
+        raise NotImplementedError
+
+    def side_done(self, item: Item, *, finished: bool = True) -> None:
+        """A side-lane item ended (any thread). ``finished=False``: abandoned on stop, not done."""
+        with self._lock:
+            self._inflight -= 1
+            self._side_inflight -= 1
+            if finished:
+                self.item_done(item)
+            drain = self._side_last_full
+            self._idle.notify_all()
+        if drain:
+            self._side_due = True
+            self._wake.set()
 
     def next_claim_in(self, claimed: int) -> float:
         """Seconds to wait after a claim that brought back fewer items than wanted."""
@@ -84,7 +118,8 @@ class ClaimPool(Generic[Item]):
         self._claimer.start()
 
     def wake(self) -> None:
-        """Ask the claim thread to claim now (cheap; safe from any thread)."""
+        """Ask the claim thread to claim now, in both lanes (cheap; safe from any thread)."""
+        self._threads_due = self._side_due = True
         self._wake.set()
 
     @property
@@ -145,32 +180,64 @@ class ClaimPool(Generic[Item]):
     def _claim_loop(self) -> None:
         wait = 0.0
         while not self._stopping.is_set():
-            self._wake.wait(timeout=wait)
+            if not self._wake.wait(timeout=wait):
+                self._threads_due = self._side_due = True  # a timed re-poll: both lanes
             self._wake.clear()
             if self._stopping.is_set():
                 break
             try:
                 wait = self._claim_while_free()
             except Exception as exc:
+                self._threads_due = self._side_due = True  # the retry claims both lanes again
                 wait = self.claim_failed(exc)
 
     def _claim_while_free(self) -> float:
-        """Claim until the threads (plus prefetch) are full or a claim comes back short."""
+        """Claim until both lanes are full or their claims come back short.
+
+        A lane's due flag is cleared before its claim and set again only by a full claim or a
+        wake-up, so a wake-up arriving during a claim is never lost.
+        """
+        wait = 0.0
         while not self._stopping.is_set():
             with self._lock:
-                free = self.concurrency + self.prefetch - self._inflight
+                free = self.concurrency + self.prefetch - (self._inflight - self._side_inflight)
+                side_free = self.side_capacity - self._side_inflight
                 if free <= 0:
                     self._last_claim_full = True
-                    return self.poll_interval
-            wanted = min(self.batch_size, free)
-            claimed = self.claim(wanted)
-            with self._lock:
-                self._inflight += len(claimed)
-                self._last_claim_full = len(claimed) >= wanted
-            for item in claimed:
-                self._queue.put(item)
-            if len(claimed) < wanted:
-                return self.next_claim_in(len(claimed))
+                if self.side_capacity and side_free <= 0:
+                    self._side_last_full = True
+            claim_threads = free > 0 and self._threads_due
+            claim_side = side_free > 0 and self._side_due
+            if not claim_threads and not claim_side:
+                return wait or self.poll_interval
+            wait = self.poll_interval
+            if claim_threads:
+                self._threads_due = False
+                wanted = min(self.batch_size, free)
+                claimed = self.claim(wanted)
+                with self._lock:
+                    self._inflight += len(claimed)
+                    self._last_claim_full = len(claimed) >= wanted
+                for item in claimed:
+                    self._queue.put(item)
+                if len(claimed) >= wanted:
+                    self._threads_due = True
+                else:
+                    wait = self.next_claim_in(len(claimed))
+            if claim_side:
+                self._side_due = False
+                wanted = min(self.batch_size, side_free)
+                started = self.claim_side(wanted)
+                with self._lock:
+                    self._inflight += len(started)
+                    self._side_inflight += len(started)
+                    self._side_last_full = len(started) >= wanted
+                for item in started:
+                    self.start_side(item)
+                if len(started) >= wanted:
+                    self._side_due = True
+                else:
+                    wait = min(wait, self.next_claim_in(len(started)))
         return 0.0
 
     def _work_loop(self) -> None:
@@ -188,5 +255,6 @@ class ClaimPool(Generic[Item]):
                     self.item_done(item)
                     drain = self._last_claim_full
                     self._idle.notify_all()
-                if drain:
-                    self.wake()
+                if drain:  # the thread lane only: a side claim has its own drain wake-up
+                    self._threads_due = True
+                    self._wake.set()

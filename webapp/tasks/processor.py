@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -11,7 +12,7 @@ from .limits import TaskLimits
 from .progress import current_context
 
 __all__ = ["NotificationRequest", "NotificationType", "RetryConfig", "RetryStrategy", "TaskInfo",
-           "TaskProcessor", "TaskResult"]
+           "TaskProcessor", "TaskResult", "is_async_processor"]
 
 
 class RetryStrategy(enum.StrEnum):
@@ -138,6 +139,9 @@ class TaskProcessor:
     ``process()`` receives an instance of it instead of the plain dict. ``sensitive_fields``
     (or ``field(metadata={"sensitive": True})`` on the dataclass) names payload fields whose
     values are shown as ``•••`` everywhere outside the database (``tasks/masking.py``).
+
+    ``process`` may be ``async def``: the worker then runs it on its event loop, many at a time
+    without a thread each (``ASYNC_TASK_ASYNC_CONCURRENCY``; docs/async-processors.md).
     """
 
     task_type: ClassVar[str | None] = None
@@ -191,3 +195,8 @@ class TaskProcessor:
     def is_cancel_requested(self) -> bool:
         """Whether an operator asked to cancel the running task (checked at most a few times a second)."""
         return current_context().is_cancel_requested()
+
+
+def is_async_processor(processor: TaskProcessor) -> bool:
+    """Whether ``processor.process`` is ``async def``: its attempts run on the worker's event loop."""
+    return inspect.iscoroutinefunction(processor.process)

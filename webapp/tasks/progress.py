@@ -1,4 +1,8 @@
-"""The running task's context in its worker thread: progress reports and cancel requests.
+"""The running attempt's context: progress reports and cancel requests.
+
+The context lives in a ``ContextVar``: a worker thread has its own, and so does every coroutine
+the async runner starts (``async_runner.py``), so attempts running side by side on one event
+loop never see each other's task.
 
 Progress is written in its own short transaction (not the processor's), so it is visible while
 the task runs, and at most every ``MIN_WRITE_INTERVAL`` seconds per task, so reporting in a tight
@@ -9,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
+from contextvars import ContextVar
 from datetime import datetime
 
 from flask import Flask
@@ -25,7 +29,7 @@ from .models import AsyncTask
 log = logging.getLogger(__name__)
 
 MIN_WRITE_INTERVAL = 0.5
-_local = threading.local()
+_current: ContextVar[TaskContext | None] = ContextVar("taskdeck_task_context", default=None)
 
 
 class TaskContext:
@@ -50,6 +54,11 @@ class TaskContext:
             self.flush()
         if self.cancel_requested_at is not None:
             raise TaskCancelled(f"task {self.task.id}: cancel requested")
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether a reported progress is not yet written (``flush`` would write it)."""
+        return self._pending is not None
 
     def flush(self) -> None:
         """Write the latest reported progress now (also called when the attempt ends)."""
@@ -86,12 +95,13 @@ class TaskContext:
 
 
 def current_context() -> TaskContext:
-    """The context of the task running in this thread; an error outside a running task."""
-    context = getattr(_local, "context", None)
+    """The context of the attempt running in this thread or coroutine; an error outside one."""
+    context = _current.get()
     if context is None:
         raise RuntimeError("report_progress / is_cancel_requested called outside a running task")
     return context
 
 
 def enter(context: TaskContext | None) -> None:
-    _local.context = context
+    """Make ``context`` the running attempt's (``None`` when it ends)."""
+    _current.set(context)

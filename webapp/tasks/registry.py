@@ -13,9 +13,13 @@ from typing import Any
 
 from .errors import InvalidPayload, RegistryError, json_kind
 from .limits import TaskLimits, checked_limits
-from .processor import TaskProcessor
+from .processor import TaskProcessor, is_async_processor
 
 ENTRY_POINT_GROUP = "webapp.task_processors"
+# Hooks the engine calls outside the attempt, synchronously: an ``async def`` one would hand it
+# a coroutine it never awaits, so registration refuses it.
+SYNC_HOOKS = ("get_task_type", "get_retry_config", "get_priority", "get_limits", "get_schedules",
+              "should_notify_on_success", "should_notify_on_failure", "build_notification_request")
 
 
 class ProcessorRegistry:
@@ -24,10 +28,12 @@ class ProcessorRegistry:
     def __init__(self) -> None:
         self._processors: dict[str, TaskProcessor] = {}
         self._limits: dict[str, TaskLimits] = {}
+        self._async: set[str] = set()  # types whose process() is ``async def`` (async_runner.py)
 
     def register(self, processor: TaskProcessor) -> None:
         if not isinstance(processor, TaskProcessor):
             raise RegistryError(f"{processor!r} is not a TaskProcessor")
+        _check_async_shape(processor)
         task_type = processor.get_task_type()
         if not isinstance(task_type, str) or not task_type.strip() or len(task_type) > 100:
             raise RegistryError(
@@ -47,6 +53,8 @@ class ProcessorRegistry:
             raise RegistryError(f"{task_type}: get_limits(): {exc}") from exc
         self._processors[task_type] = processor
         self._limits[task_type] = limits
+        if is_async_processor(processor):
+            self._async.add(task_type)
 
     def get(self, task_type: str) -> TaskProcessor | None:
         return self._processors.get(task_type)
@@ -57,6 +65,10 @@ class ProcessorRegistry:
 
     def task_types(self) -> list[str]:
         return sorted(self._processors)
+
+    def is_async(self, task_type: str) -> bool:
+        """Whether the processor of ``task_type`` is ``async def`` (it runs on the event loop)."""
+        return task_type in self._async
 
     def __contains__(self, task_type: object) -> bool:
         return task_type in self._processors
@@ -93,6 +105,17 @@ class ProcessorRegistry:
                 raise RegistryError(
                     f"entry point {entry.name!r} must name a module or a TaskProcessor subclass"
                 )
+
+
+def _check_async_shape(processor: TaskProcessor) -> None:
+    """``process`` may be ``async def`` (a coroutine); an async generator or an async hook is refused."""
+    name = type(processor).__name__
+    if inspect.isasyncgenfunction(processor.process):
+        raise RegistryError(f"{name}.process is an async generator (it yields); write "
+                            f"'async def process(self, task, payload)' that returns a TaskResult")
+    for hook in SYNC_HOOKS:
+        if inspect.iscoroutinefunction(getattr(processor, hook, None)):
+            raise RegistryError(f"{name}.{hook} must be a plain 'def': only process() may be 'async def'")
 
 
 def processors_defined_in(module: types.ModuleType) -> list[type[TaskProcessor]]:

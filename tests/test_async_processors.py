@@ -1,0 +1,245 @@
+"""``async def`` processors on both databases: they run on the worker's event loop, many at a time
+without a thread each, with the thread processors' API (results, retries, progress, cancel,
+masking, the attempt's writes) and the consumer's stop semantics (webapp/tasks/async_runner.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+
+from tests import async_processors as procs
+from tests import processors
+from tests.conftest import wait_until
+from webapp.config import ConfigError, load_settings
+from webapp.tasks import AsyncTaskService, TaskInfo, TaskProcessor, TaskResult
+from webapp.tasks.consumer import Consumer
+from webapp.tasks.errors import RegistryError
+from webapp.tasks.models import AuditEntry
+from webapp.tasks.registry import ProcessorRegistry
+
+PROCESSORS = ["tests.processors", "tests.async_processors"]
+
+
+@pytest.fixture(autouse=True)
+def clean_state():
+    procs.reset()
+    processors.RUN_LOG.clear()
+    processors.RELEASE.clear()
+    yield
+    procs.RELEASE.set()
+    processors.RELEASE.set()
+
+
+@pytest.fixture
+def async_app(make_app: Callable[..., Flask], backend: str) -> Flask:
+    return make_app(backend, ASYNC_TASK_PROCESSORS=PROCESSORS)
+
+
+def submit(app: Flask, task_type: str, payload: dict | None = None, count: int = 1) -> list[int]:
+    with app.app_context():
+        tasks = AsyncTaskService().submit_many([{"task_type": task_type, "payload": dict(payload or {})}
+                                                for _ in range(count)])
+        return [task.id for task in tasks]
+
+
+def tasks_of(app: Flask, ids: list[int]) -> list:
+    with app.app_context():
+        service = AsyncTaskService()
+        found = [service.get_task(i) for i in ids]
+        service.session.expunge_all()
+        return found
+
+
+def statuses(app: Flask, ids: list[int]) -> list[str]:
+    return [task.status for task in tasks_of(app, ids)]
+
+
+def all_in(app: Flask, ids: list[int], status: str) -> bool:
+    return all(s == status for s in statuses(app, ids))
+
+
+def test_success_runs_on_the_event_loop_with_its_own_context(async_app):
+    echo = submit(async_app, "ASYNC_ECHO", {"x": 1}, count=5)
+    as_dict = submit(async_app, "ASYNC_DICT", {"n": 7})
+    consumer = Consumer(async_app, concurrency=1).start()
+    wait_until(lambda: all_in(async_app, echo + as_dict, "SUCCESS"), message="all SUCCESS")
+    found = tasks_of(async_app, echo + as_dict)
+    assert [task.result for task in found] == [{"echo": {"x": 1}}] * 5 + [{"n": 7}]
+    assert {procs.SEEN[i]["thread"] for i in echo} == {"task-async-loop"}
+    assert all(procs.SEEN[i]["context_task"] == i for i in echo)
+    assert consumer.processed == 6
+
+
+def test_failure_is_retried_by_the_policy(async_app):
+    flaky = submit(async_app, "ASYNC_FLAKY", {"succeed_on": 3})[0]
+    raises = submit(async_app, "ASYNC_RAISES")[0]
+    Consumer(async_app, concurrency=1, poll_interval=0.05).start()
+    wait_until(lambda: statuses(async_app, [flaky, raises]) == ["SUCCESS", "FAILURE"], timeout=15,
+               message="flaky succeeds, raises fails")
+    flaky_task, raises_task = tasks_of(async_app, [flaky, raises])
+    assert (flaky_task.retry_count, flaky_task.result) == (2, {"attempt": 3})
+    assert raises_task.attempts == 2
+    assert raises_task.error == "ValueError: async boom 2"
+    with async_app.app_context():
+        kinds = [e.kind for e in AsyncTaskService().events_for(raises)]
+    assert kinds.count("CLAIMED") == 2
+
+
+def test_progress_of_concurrent_attempts_stays_their_own(async_app):
+    ids = [submit(async_app, "ASYNC_STEPS", {"steps": 8, "step_seconds": 0.2, "tag": tag})[0]
+           for tag in ("alpha", "beta")]
+    Consumer(async_app, concurrency=1).start()
+
+    def both_partial():
+        found = tasks_of(async_app, ids)
+        return all(t.status == "PROCESSING" and t.progress and 0 < t.progress < 1 for t in found) and found
+    seen = wait_until(both_partial, timeout=10, message="partial progress of both")
+    assert seen[0].progress_message.startswith("alpha step ")
+    assert seen[1].progress_message.startswith("beta step ")
+    wait_until(lambda: all_in(async_app, ids, "SUCCESS"), message="both done")
+    assert [t.progress for t in tasks_of(async_app, ids)] == [1.0, 1.0]
+
+
+def test_cooperative_cancel(async_app):
+    reporting = submit(async_app, "ASYNC_STEPS", {"steps": 200, "step_seconds": 0.05})[0]
+    polling = submit(async_app, "ASYNC_POLLS_CANCEL", {"seconds": 20})[0]
+    Consumer(async_app, concurrency=1).start()
+    wait_until(lambda: all_in(async_app, [reporting, polling], "PROCESSING"), message="both running")
+    with async_app.app_context():
+        AsyncTaskService().cancel_task(reporting, actor="ops")
+        AsyncTaskService().cancel_task(polling, actor="ops")
+    wait_until(lambda: all_in(async_app, [reporting, polling], "CANCELLED"), timeout=10,
+               message="both cancelled")
+    assert tasks_of(async_app, [polling])[0].error == "stopped at the operator's request"
+
+
+def test_fifty_sleeping_tasks_run_at_once_on_few_threads(async_app):
+    ids = submit(async_app, "ASYNC_SLEEP", {"seconds": 0.5}, count=50)
+    threads_before = threading.active_count()
+    started = time.monotonic()
+    consumer = Consumer(async_app, concurrency=1, batch_size=50).start()
+    wait_until(lambda: all_in(async_app, ids, "SUCCESS"), timeout=20, message="all 50 slept")
+    elapsed = time.monotonic() - started
+    # One at a time they take 25 s; on the loop about one sleep plus claims and finishes.
+    assert elapsed < 6, elapsed
+    assert procs.PEAK[0] >= 40, procs.PEAK[0]
+    assert {procs.SEEN[i]["thread"] for i in ids} == {"task-async-loop"}
+    # The consumer's own threads (claim, finisher, loop, scheduler, notifier, listener): not one per task.
+    assert threading.active_count() - threads_before < 25
+    assert consumer.processed == 50
+
+
+def test_async_concurrency_setting_caps_the_attempts_in_flight(make_app, backend):
+    app = make_app(backend, ASYNC_TASK_PROCESSORS=PROCESSORS, ASYNC_TASK_ASYNC_CONCURRENCY=5)
+    ids = submit(app, "ASYNC_SLEEP", {"seconds": 0.2}, count=20)
+    Consumer(app, concurrency=1, batch_size=50).start()
+    wait_until(lambda: all_in(app, ids, "SUCCESS"), timeout=20, message="all done")
+    assert procs.PEAK[0] == 5
+
+
+def test_mixed_with_thread_processors_in_one_consumer(async_app):
+    threaded = submit(async_app, "SLEEP", {"seconds": 1.5}, count=2)
+    asynchronous = submit(async_app, "ASYNC_SLEEP", {"seconds": 0.2}, count=20)
+    started = time.monotonic()
+    Consumer(async_app, concurrency=2).start()
+    wait_until(lambda: all_in(async_app, asynchronous, "SUCCESS"), timeout=10, message="async done")
+    # The async tasks did not wait for the two busy worker threads.
+    assert time.monotonic() - started < 1.4
+    assert statuses(async_app, threaded) == ["PROCESSING", "PROCESSING"]
+    wait_until(lambda: all_in(async_app, threaded, "SUCCESS"), timeout=10, message="thread tasks done")
+    assert sorted(task_id for task_id, _ in processors.RUN_LOG) == threaded
+
+
+def test_graceful_stop_lets_running_async_tasks_finish(async_app):
+    ids = submit(async_app, "ASYNC_SLEEP", {"seconds": 0.5}, count=10)
+    consumer = Consumer(async_app, concurrency=1, batch_size=50).start()
+    wait_until(lambda: len(procs.SEEN) == 10, message="all started")
+    assert consumer.stop(grace=5) == []
+    assert all_in(async_app, ids, "SUCCESS")
+
+
+def test_graceful_stop_gives_back_async_tasks_past_the_grace(async_app):
+    blocked = submit(async_app, "ASYNC_BLOCK", {"timeout": 10})[0]
+    consumer = Consumer(async_app, concurrency=1).start()
+    wait_until(lambda: blocked in procs.SEEN, message="task started")
+    released = consumer.stop(grace=0.3)
+    assert released == [blocked]
+    assert procs.SEEN[blocked].get("cancelled") is True
+    assert statuses(async_app, [blocked]) == ["PENDING"]
+    with async_app.app_context():
+        service = AsyncTaskService()
+        assert "RELEASED" in [e.kind for e in service.events_for(blocked)]
+        assert service.workers() == []
+
+
+def _audit_rows(app: Flask, action: str) -> int:
+    with app.app_context():
+        return AsyncTaskService().session.scalar(
+            select(func.count()).select_from(AuditEntry).where(AuditEntry.action == action)) or 0
+
+
+def test_the_attempts_writes_commit_with_its_outcome(async_app):
+    kept = submit(async_app, "ASYNC_WRITES", {"fail": False})[0]
+    dropped = submit(async_app, "ASYNC_WRITES", {"fail": True})[0]
+    Consumer(async_app, concurrency=1).start()
+    wait_until(lambda: statuses(async_app, [kept, dropped]) == ["SUCCESS", "FAILURE"], message="both ended")
+    assert _audit_rows(async_app, f"async-write-{kept}") == 1
+    assert _audit_rows(async_app, f"async-write-{dropped}") == 0
+
+
+def test_secrets_are_masked_in_the_attempts_log(async_app, caplog):
+    caplog.set_level(logging.WARNING, logger="tests.async_processors")
+    task_id = submit(async_app, "ASYNC_SECRET", {"password": "hunter2-async"})[0]
+    Consumer(async_app, concurrency=1).start()
+    wait_until(lambda: statuses(async_app, [task_id]) == ["SUCCESS"], message="done")
+    lines = [r for r in caplog.records if r.name == "tests.async_processors"]
+    assert lines and all("hunter2-async" not in r.getMessage() for r in lines)
+    assert lines[0].task_id == task_id
+
+
+# -- registration and settings (no database) ----------------------------------------------------
+
+
+def test_registry_knows_async_processors_and_refuses_async_hooks():
+    registry = ProcessorRegistry()
+    registry.register(procs.AsyncEchoProcessor())
+    registry.register(processors.NoopProcessor())
+    assert registry.is_async("ASYNC_ECHO") and not registry.is_async("NOOP")
+
+    class AsyncHook(TaskProcessor):
+        task_type = "ASYNC_HOOK"
+
+        async def process(self, task: TaskInfo, payload: dict) -> TaskResult:
+            return TaskResult.success()
+
+        async def get_priority(self, payload: dict) -> int:  # type: ignore[override]
+            return 1
+
+    with pytest.raises(RegistryError, match=r"AsyncHook.get_priority must be a plain 'def'"):
+        registry.register(AsyncHook())
+
+    class Yields(TaskProcessor):
+        task_type = "ASYNC_YIELDS"
+
+        async def process(self, task: TaskInfo, payload: dict):  # type: ignore[override]
+            yield TaskResult.success()
+
+    with pytest.raises(RegistryError, match=r"Yields.process is an async generator"):
+        registry.register(Yields())
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_async_concurrency_setting_is_checked_at_start(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"^ASYNC_TASK_ASYNC_CONCURRENCY: invalid value"):
+        load_settings(str(tmp_path), environ={"ASYNC_TASK_ASYNC_CONCURRENCY": value})
+
+
+def test_async_concurrency_default(tmp_path):
+    assert load_settings(str(tmp_path), environ={})["ASYNC_TASK_ASYNC_CONCURRENCY"] == 100
