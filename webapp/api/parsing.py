@@ -17,7 +17,7 @@ from flask import request
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..tasks.errors import ValidationError
+from ..tasks.errors import ValidationError, json_kind
 from ..tasks.service import TaskFilter, parse_time, validate_status
 from .errors import ApiError
 
@@ -75,7 +75,7 @@ def read_json_object() -> dict[str, Any]:
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ApiError(422, "invalid_argument",
-                       f"request body must be a JSON object, got {_json_type(document)}")
+                       f"request body must be a JSON object, got {json_kind(document)}")
     check_json_document(document)
     return document
 
@@ -123,20 +123,6 @@ def _too_deep(path: str) -> ApiError:
     return ApiError(422, "invalid_argument",
                     f"JSON is nested more than {MAX_JSON_DEPTH} levels deep{where}",
                     field=path or None)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 def check_fields(body: dict[str, Any], allowed: Iterable[str], required: Iterable[str],
