@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from .extensions import db
+from .history_metrics import HistoryCollector
 from .tasks.models import (
     WAITING_STATUSES,
     AsyncTask,
@@ -299,6 +300,7 @@ def render_metrics(session: Session | None = None) -> bytes:
     """The Prometheus text exposition of the current snapshot."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(collect_snapshot(session)))  # type: ignore[arg-type]
+    registry.register(HistoryCollector(session))  # type: ignore[arg-type]
     return generate_latest(registry)
 
 

@@ -1,0 +1,109 @@
+"""History in the console and in /metrics: charts for every range, a task type's page, the same figures
+as Prometheus series (SQLite and PostgreSQL). Real tasks run through the service; the aggregation
+is the consumers' job, called here directly."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from flask import Flask
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import wait_until
+from tests.console_support import htmx, logged_in_client
+from tests.test_history import reset_history
+from webapp.tasks import AsyncTaskService, TaskResult
+from webapp.tasks.history import HistoryWriter
+from webapp.tasks.history_query import RANGES
+from webapp.tasks.models import utcnow
+
+OPEN_METRICS = {"ASYNC_TASK_METRICS_PUBLIC": True, "ASYNC_TASK_METRICS_CACHE_SECONDS": 0.001}
+
+
+@pytest.fixture
+def app(make_app, backend) -> Flask:
+    return make_app(backend, **OPEN_METRICS)
+
+
+def run_tasks_and_aggregate(app: Flask) -> None:
+    """Two NOOP tasks succeed and one FATAL fails, then one aggregation run a minute later."""
+    # All in one minute, so that the last aggregated minute holds every one of them.
+    wait_until(lambda: utcnow().second < 45, timeout=20, message="a minute with time left in it")
+    minute = utcnow().replace(second=0, microsecond=0)
+    with app.app_context():
+        reset_history()
+        service = AsyncTaskService()
+        for task_type in ("NOOP", "NOOP", "FATAL"):
+            service.submit_task(task_type, {})
+        for claimed in service.claim_due_tasks("test-worker", 10, ["NOOP", "FATAL"]):
+            result = (TaskResult.failure("boom", retryable=False) if claimed.task_type == "FATAL"
+                      else TaskResult.success({}))
+            service.finish_task(claimed, result, worker_id="test-worker")
+        HistoryWriter().run(minute + timedelta(minutes=1, seconds=30))
+
+
+@pytest.mark.parametrize("key", list(RANGES))
+def test_history_charts_render_for_every_range(app: Flask, key: str) -> None:
+    run_tasks_and_aggregate(app)
+    client, _ = logged_in_client(app, "viewer")
+    fragment = client.get(f"/history?range={key}", headers=htmx("history"))
+    assert fragment.status_code == 200
+    html = fragment.text
+    assert html.lstrip().startswith('<section id="history"') and f'data-range="{key}"' in html
+    assert re.search(rf'id="range-{key}"[^>]*\s+aria-current="true"', html)
+    for chart in ("history-counts", "history-run", "history-wait"):
+        assert f'<svg id="{chart}"' in html
+    svg_label = re.search(r'<svg id="history-counts"[^>]*aria-label="([^"]+)"', html)
+    assert svg_label and "3 started, 2 succeeded, 1 failed, 0 retried" in svg_label.group(1)
+    assert "<polyline" in html and "<title>" in html
+    table = html[html.index('id="history-figures"'):]
+    assert re.search(r'<td class="num">3</td><td class="num">2</td><td class="num">1</td><td class="num">0</td>',
+                     table)
+    assert 'id="queue-latency"' in html and ">NOOP</a>" in html
+    page = client.get(f"/history?range={key}")
+    assert page.status_code == 200 and "<html" in page.text and '<svg id="history-counts"' in page.text
+
+
+def test_the_overview_loads_the_history_and_a_bad_range_is_refused(app: Flask) -> None:
+    client, _ = logged_in_client(app, "viewer")
+    overview = client.get("/").text
+    assert re.search(r'<section id="history"[^>]*hx-get="/history\?range=1h"[^>]*hx-trigger="load"', overview)
+    refused = client.get("/history?range=2h")
+    assert refused.status_code == 400 and "range" in refused.text and "1h, 24h, 7d, 30d" in refused.text
+
+
+def test_task_type_page_shows_its_latency_and_its_history(app: Flask) -> None:
+    run_tasks_and_aggregate(app)
+    with app.app_context():
+        AsyncTaskService().submit_task("NOOP", {})  # due now: the queue latency has a value
+    client, _ = logged_in_client(app, "viewer")
+    page = client.get("/task-types/FATAL?range=24h")
+    assert page.status_code == 200
+    html = page.text
+    assert "<h1>FATAL</h1>" in html and 'id="type-latency"' in html and "none waiting" in html
+    label = re.search(r'<svg id="history-counts"[^>]*aria-label="([^"]+)"', html)
+    assert label and "1 started, 0 succeeded, 1 failed" in label.group(1)
+    assert 'hx-get="/history?range=7d&amp;task_type=FATAL"' in html
+    noop = client.get("/task-types/NOOP").text
+    assert "none waiting" not in noop.split('id="type-latency"')[1].split("</div>")[0]
+    assert client.get("/task-types/NO_SUCH_TYPE").status_code == 404
+    assert client.get("/history?task_type=NO_SUCH_TYPE").status_code == 404
+    listing = client.get("/task-types").text
+    assert 'href="/task-types/FATAL"' in listing
+
+
+def test_metrics_report_the_last_minute_per_type(app: Flask) -> None:
+    run_tasks_and_aggregate(app)
+    text = app.test_client().get("/metrics").text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    started = samples[("taskdeck_history_tasks", (("event", "started"), ("task_type", "NOOP")))]
+    failed = samples[("taskdeck_history_tasks", (("event", "failed"), ("task_type", "FATAL")))]
+    assert (started, failed) == (2, 1)
+    assert ("taskdeck_history_run_seconds", (("quantile", "0.95"), ("task_type", "NOOP"))) in samples
+    assert ("taskdeck_history_wait_seconds", (("quantile", "0.5"), ("task_type", "NOOP"))) in samples
+    assert samples[("taskdeck_history_minute_timestamp_seconds", ())] > 0
