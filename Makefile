@@ -30,14 +30,12 @@ RUN_PROCESSORS := $(if $(filter webapp.examples,$(subst $(comma), ,$(ASYNC_TASK_
 RUN_ENV := ASYNC_TASK_PROCESSORS=$(RUN_PROCESSORS) \
 	ASYNC_TASK_BASE_URL=$${ASYNC_TASK_BASE_URL:-http://127.0.0.1:$(PORT)} \
 	ASYNC_TASK_DEV_MAIL_DIR=$${ASYNC_TASK_DEV_MAIL_DIR-$(if $(MAIL_SERVER),,$(CURDIR)/instance/dev-mail)}
+## One process migrates (only when behind), creates the first login and the examples (only on a
+## first run) and serves: webapp/devserver.py.
 run: $(STAMP)
-	@$(RUN_ENV) $(BIN)/flask --app webapp db upgrade
-	@$(RUN_ENV) $(BIN)/flask --app webapp users ensure-demo 2>/dev/null || true
-	@$(RUN_ENV) $(BIN)/python -m webapp.examples seed
-	@echo "Console: http://127.0.0.1:$(PORT)/  (log in as shown above; API docs at /api/openapi.json)"
 	@echo "Commands: $(BIN)/flask --app webapp users|tokens|tasks|schedules --help  (no venv to activate)"
 	$(RUN_ENV) ASYNC_TASK_POLL_INTERVAL=$${ASYNC_TASK_POLL_INTERVAL:-1} \
-	  $(BIN)/flask --app wsgi:app run --host 127.0.0.1 --port $(PORT) --no-reload
+	  $(BIN)/python -m webapp.devserver --host 127.0.0.1 --port $(PORT)
 
 ## make test: services up, lint, types, every test
 test: $(TEST_STAMP) services browser

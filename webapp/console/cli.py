@@ -35,6 +35,11 @@ def create_command(name: str, role: str, password: str | None) -> None:
 @users_cli.command("ensure-demo")
 def ensure_demo_command() -> None:
     """If no user exists yet, create an admin user with a random password and print the login."""
+    ensure_demo_user()
+
+
+def ensure_demo_user() -> None:
+    """``users ensure-demo``, also run by ``make run``'s server before it starts (webapp/devserver.py)."""
     if count_users() > 0:
         return
     password = generate_password()
