@@ -7,6 +7,7 @@ Passwords are stored as werkzeug hashes (scrypt by default) and must pass the po
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 
@@ -22,8 +23,14 @@ from .passwords import validate_password
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,79}\Z")
 
-# A hash to compare against when the username does not exist, so both answers take as long.
-_DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to compare against when the username does not exist, so both answers take as long.
+
+    Made on the first login attempt, not at import: scrypt costs every process (each ``flask``
+    command, each web worker) a sixth of a second that only a login needs."""
+    return generate_password_hash(secrets.token_hex(16))
 
 
 class UserExists(ValidationError):
@@ -179,7 +186,7 @@ def authenticate(username: str, password: str) -> User | None:
     """The active user whose password matches, else ``None`` (in about the same time either way)."""
     user = find_user(username) if username else None
     if user is None:
-        check_password_hash(_DUMMY_HASH, password or "")
+        check_password_hash(_dummy_hash(), password or "")
         return None
     if not check_password_hash(user.password_hash, password or "") or not user.active:
         return None
