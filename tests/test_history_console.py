@@ -14,9 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import wait_until
 from tests.console_support import htmx, logged_in_client
 from tests.test_history import reset_history
+from webapp.console.history_charts import history_charts
 from webapp.tasks import AsyncTaskService, TaskResult
 from webapp.tasks.history import HistoryWriter
-from webapp.tasks.history_query import RANGES
+from webapp.tasks.history_query import RANGES, HistorySeries
+from webapp.tasks.history_sql import StatFigures
 from webapp.tasks.models import utcnow
 
 OPEN_METRICS = {"ASYNC_TASK_METRICS_PUBLIC": True, "ASYNC_TASK_METRICS_CACHE_SECONDS": 0.001}
@@ -107,3 +109,20 @@ def test_metrics_report_the_last_minute_per_type(app: Flask) -> None:
     assert ("taskdeck_history_run_seconds", (("quantile", "0.95"), ("task_type", "NOOP"))) in samples
     assert ("taskdeck_history_wait_seconds", (("quantile", "0.5"), ("task_type", "NOOP"))) in samples
     assert samples[("taskdeck_history_minute_timestamp_seconds", ())] > 0
+
+
+def test_a_gap_splits_a_time_line_and_a_lone_point_is_a_dot(make_app) -> None:
+    app = make_app("sqlite")
+    chosen = RANGES["1h"]
+    start = utcnow().replace(second=0, microsecond=0) - chosen.span
+    timed = {0: 100.0, 1: 200.0, 3: 50.0, 5: 80.0, 6: 90.0}  # steps 2 and 4 timed nothing
+    points = [StatFigures("NOOP", start + index * chosen.step, started=1, run_count=1 if index in timed else 0,
+                          run_p50_ms=timed.get(index), run_p95_ms=timed.get(index))
+              for index in range(chosen.bars)]
+    with app.test_request_context():
+        counts, runs, _waits = history_charts(HistorySeries(chosen, "NOOP", start, points))
+    p50 = runs.lines[0]
+    assert len(p50.segments) == 2 and len(p50.dots) == 1  # 0-1, 5-6 drawn as lines; 3 alone
+    assert [tick for _, tick in runs.y_ticks] == ["0 ms", "100 ms", "200 ms"]
+    assert [tick for _, tick in counts.y_ticks] == ["0", "1"]  # a count axis has no "0.5"
+    assert len(counts.lines[0].segments) == 1 and counts.lines[0].segments[0].count(",") == chosen.bars

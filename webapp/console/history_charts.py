@@ -36,11 +36,12 @@ SERIES_LABELS = {
 
 @dataclass
 class Line:
-    """One series: its key (CSS class), its label, and its polylines (a gap splits a line)."""
+    """One series: its key (CSS class), its label, its polylines (a gap splits a line) and lone points."""
 
     key: str
     label: str
     segments: list[str] = field(default_factory=list)
+    dots: list[tuple[float, float]] = field(default_factory=list)  # a point with gaps on both sides
 
 
 @dataclass
@@ -85,7 +86,8 @@ def _time_label(moment: datetime, series: HistorySeries) -> str:
 
 
 def _layout(chart: LineChart, series: HistorySeries, keys: tuple[str, ...],
-            value_of: Callable[[StatFigures, str], float | None], tick_text: Callable[[float], str]) -> LineChart:
+            value_of: Callable[[StatFigures, str], float | None], tick_text: Callable[[float], str],
+            whole_numbers: bool = False) -> LineChart:
     points = series.points
     values = [value_of(point, key) for point in points for key in keys]
     y_max = float(nice_ceiling(int(max((v for v in values if v is not None), default=0) + 0.999)))
@@ -103,13 +105,16 @@ def _layout(chart: LineChart, series: HistorySeries, keys: tuple[str, ...],
                 continue
             x = chart.left + (index + 0.5) * slot
             y = chart.bottom - value * scale
+            if not current and (index + 1 == len(points) or value_of(points[index + 1], key) is None):
+                line.dots.append((round(x, 1), round(y, 1)))  # no line to draw through a lone point
+                continue
             current.append(f"{x:.1f},{y:.1f}")
-            if len(current) == 1 and (index + 1 == len(points) or value_of(points[index + 1], key) is None):
-                current.append(f"{x + 1:.1f},{y:.1f}")  # a lone point still draws a dot
         if current:
             line.segments.append(" ".join(current))
         chart.lines.append(line)
-    chart.y_ticks = [(round(chart.bottom - tick * scale, 1), tick_text(tick)) for tick in (0, y_max / 2, y_max)]
+    # Counts get no "2.5" line between 0 and 5.
+    ticks = (0, y_max) if whole_numbers and y_max % 2 else (0, y_max / 2, y_max)
+    chart.y_ticks = [(round(chart.bottom - tick * scale, 1), tick_text(tick)) for tick in ticks]
     every = max(1, len(points) // X_LABELS)
     for index in range(0, len(points), every):
         x = chart.left + (index + 0.5) * slot
@@ -139,7 +144,7 @@ def history_charts(series: HistorySeries) -> list[LineChart]:
         "Wait from due to start: p50 %(p50)s, p95 %(p95)s", p50=format_ms(total.wait_p50_ms),
         p95=format_ms(total.wait_p95_ms)))
     return [
-        _layout(counts, series, ("started", "succeeded", "failed", "retried"), _count, lambda v: f"{v:g}"),
+        _layout(counts, series, ("started", "succeeded", "failed", "retried"), _count, lambda v: f"{v:g}", whole_numbers=True),
         _layout(runs, series, ("run_p50_ms", "run_p95_ms"), _time, format_ms),
         _layout(waits, series, ("wait_p50_ms", "wait_p95_ms"), _time, format_ms),
     ]
