@@ -157,7 +157,10 @@ class HistoryWriter(TaskStore):
         return len(hours)
 
     def _drop_older_than(self, cutoff: datetime) -> int:
-        result = self.session.execute(delete(TaskStat.__table__).where(TaskStat.__table__.c.period_start < cutoff))
+        table = TaskStat.__table__
+        # Both period sizes named, so the (period_seconds, period_start) index finds the rows.
+        result = self.session.execute(delete(table).where(table.c.period_seconds.in_((MINUTE, HOUR)),
+                                                          table.c.period_start < cutoff))
         return int(getattr(result, "rowcount", 0) or 0)
 
 
