@@ -86,53 +86,29 @@
   document.addEventListener("DOMContentLoaded", restoreSelection);
 })();
 
-// Times: the server writes UTC ("2026-01-01 12:00:00 UTC"); show them in the operator's own time
-// zone and keep the UTC value on hover. Relative times ("12 s ago") get the UTC value as title.
+// Times: the server renders every time in one clock, the user's choice of their browser's zone or
+// UTC (webapp/console/clock.py). It learns the browser's zone from the console_tz cookie set here
+// (on the login page already); a page rendered before it knew, in another zone, is rendered once more.
 (function () {
   "use strict";
-
-  function pad(n) { return (n < 10 ? "0" : "") + n; }
-
-  function utcText(date) {
-    return date.getUTCFullYear() + "-" + pad(date.getUTCMonth() + 1) + "-" + pad(date.getUTCDate()) + " " +
-      pad(date.getUTCHours()) + ":" + pad(date.getUTCMinutes()) + ":" + pad(date.getUTCSeconds()) + " UTC";
+  var zone;
+  try { zone = Intl.DateTimeFormat().resolvedOptions().timeZone; } catch (e) { zone = ""; }
+  if (!zone || !/^[A-Za-z0-9_+\-]+(\/[A-Za-z0-9_+\-]+)*$/.test(zone)) return;
+  var match = document.cookie.match(/(?:^|;\s*)console_tz=([^;]*)/);
+  if (!match || match[1] !== zone) {
+    document.cookie = "console_tz=" + zone + "; path=/; max-age=31536000; SameSite=Lax" +
+      (location.protocol === "https:" ? "; Secure" : "");
   }
-
-  // ISO-like order whatever the language ("2026-01-01 20:00:00 GMT+8"), like the server's UTC text.
-  var formatter = null;
-  function localText(date) {
-    if (!formatter) {
-      try {
-        formatter = new Intl.DateTimeFormat(document.documentElement.lang || undefined, {
-          year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
-          second: "2-digit", hourCycle: "h23", timeZoneName: "short", numberingSystem: "latn"
-        });
-      } catch (e) {
-        return date.toString();
-      }
-    }
-    var parts = {};
-    formatter.formatToParts(date).forEach(function (part) { parts[part.type] = part.value; });
-    return parts.year + "-" + parts.month + "-" + parts.day + " " + parts.hour + ":" + parts.minute + ":" +
-      parts.second + (parts.timeZoneName ? " " + parts.timeZoneName : "");
+  var root = document.body;
+  if (root && root.getAttribute("data-clock") === "local" && root.hasAttribute("data-clock-rerender") &&
+      root.getAttribute("data-clock-zone") !== zone && document.cookie.indexOf("console_tz=" + zone) >= 0) {
+    var key = "taskdeck-clock-rerendered";
+    try {
+      if (sessionStorage.getItem(key) === zone) return;  // once per zone: never a reload loop
+      sessionStorage.setItem(key, zone);
+    } catch (e) { return; }
+    location.reload();
   }
-
-  function localizeTimes(root) {
-    var scope = root && root.querySelectorAll ? root : document;
-    var times = scope.querySelectorAll("time[datetime]:not([data-localized])");
-    Array.prototype.forEach.call(times, function (element) {
-      var date = new Date(element.getAttribute("datetime"));
-      if (isNaN(date.getTime())) return;
-      element.setAttribute("data-localized", "");
-      if (!element.getAttribute("title")) element.setAttribute("title", utcText(date));
-      if (/ UTC$/.test(element.textContent.trim())) element.textContent = localText(date);
-    });
-  }
-
-  document.addEventListener("DOMContentLoaded", function () { localizeTimes(document); });
-  document.addEventListener("htmx:afterSwap", function () { localizeTimes(document); });
-  document.addEventListener("htmx:afterSettle", function () { localizeTimes(document); });
-  window.taskdeckLocalizeTimes = localizeTimes;
 })();
 
 // Keyboard: j/k or the arrow keys move between the task table's rows, Enter opens the current
@@ -214,13 +190,14 @@
   });
 })();
 
-// Language switch: with JavaScript, choosing a language applies it at once.
+// Language and clock switches: with JavaScript, a choice applies at once.
 (function () {
   "use strict";
   document.addEventListener("change", function (event) {
     var target = event.target;
-    if (target instanceof HTMLSelectElement && target.name === "lang" && target.form &&
-        target.form.classList.contains("lang-switch")) {
+    if (target instanceof HTMLSelectElement && target.form &&
+        ((target.name === "lang" && target.form.classList.contains("lang-switch")) ||
+         (target.name === "time_zone" && target.form.classList.contains("clock-switch")))) {
       target.form.requestSubmit ? target.form.requestSubmit() : target.form.submit();
     }
   });

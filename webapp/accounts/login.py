@@ -37,6 +37,7 @@ class LoginIdentity:
     role: str
     fingerprint: str
     generation: int
+    time_zone: str = "local"  # the console's clock for this user (models.CLOCK_CHOICES)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def password_fingerprint(password_hash: str) -> str:
 def identity_of(user: User) -> LoginIdentity:
     """The session values of ``user``."""
     return LoginIdentity(user.id, user.username, user.role, password_fingerprint(user.password_hash),
-                         user.session_generation)
+                         user.session_generation, user.time_zone)
 
 
 def session_identity(user_id: Any) -> LoginIdentity | None:

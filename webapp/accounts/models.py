@@ -22,6 +22,11 @@ class Role(enum.StrEnum):
 
 ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
 
+# How the console shows times to a user: in the browser's own zone ("local") or in UTC.
+CLOCK_LOCAL = "local"
+CLOCK_UTC = "utc"
+CLOCK_CHOICES = (CLOCK_LOCAL, CLOCK_UTC)
+
 
 class User(db.Model):  # type: ignore[name-defined,misc]
     """A console login."""
@@ -39,6 +44,9 @@ class User(db.Model):  # type: ignore[name-defined,misc]
     # was issued under, and logging out bumps it, ending every copy of the user's sessions.
     session_generation: Mapped[int] = mapped_column(Integer, nullable=False, default=0,
                                                     server_default="0")
+    # The console's one clock for this user: CLOCK_LOCAL or CLOCK_UTC (migration 0012).
+    time_zone: Mapped[str] = mapped_column(String(8), nullable=False, default=CLOCK_LOCAL,
+                                           server_default=CLOCK_LOCAL)
 
     def has_role(self, role: Role | str) -> bool:
         return ROLE_RANK[Role(self.role)] >= ROLE_RANK[Role(role)]

@@ -18,7 +18,7 @@ from ..extensions import db
 from ..tasks.audit import record_audit
 from ..tasks.errors import ValidationError
 from ..tasks.models import utcnow
-from .models import Role, User
+from .models import CLOCK_CHOICES, Role, User
 from .passwords import validate_password
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,79}\Z")
@@ -130,6 +130,24 @@ def set_user_active(username: str, active: bool, actor: str | None) -> User:
     user = _require_user(username)
     user.active = active
     record_audit(actor, "user.enable" if active else "user.disable", "user", user.username)
+    db.session.commit()
+    return user
+
+
+def set_time_zone(user_id: int, choice: str) -> User:
+    """A user's own choice of clock for the console: ``local`` (their browser's zone) or ``utc``.
+
+    A display preference, not a security matter: not audited.
+    """
+    value = (choice or "").strip().lower()
+    if value not in CLOCK_CHOICES:
+        raise ValidationError(f"time_zone must be one of {', '.join(CLOCK_CHOICES)}", field="time_zone")
+    begin_write()
+    user = db.session.get(User, user_id)
+    if user is None:
+        db.session.rollback()
+        raise ValidationError("this account no longer exists", field="username")
+    user.time_zone = value
     db.session.commit()
     return user
 

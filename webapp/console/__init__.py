@@ -15,7 +15,7 @@ from flask import Blueprint, Flask, Response
 
 from ..accounts.login_counters import counter_store
 from ..accounts.throttle import LoginThrottle
-from . import account, admin, auth, exports, i18n, new_task, notifications, schedules, views
+from . import account, admin, auth, clock, exports, i18n, new_task, notifications, schedules, views
 from .formatting import register as register_formatting
 from .sessions import current_user, load_current_user
 from .workflows import bp as workflows_bp
@@ -30,6 +30,7 @@ CONSOLE_BLUEPRINTS: tuple[Blueprint, ...] = (
     exports.bp,
     new_task.bp,
     account.bp,
+    clock.bp,
     admin.bp,
     i18n.bp,
 )
@@ -67,6 +68,7 @@ def init_console(app: Flask) -> None:
     for blueprint in CONSOLE_BLUEPRINTS:
         app.register_blueprint(blueprint)
     register_formatting(app)
+    clock.register(app)
     i18n.init_i18n(app)
     app.before_request(load_current_user)
     app.before_request(auth.refuse_nul_characters)

@@ -13,7 +13,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from flask import (
@@ -35,6 +35,7 @@ from ..tasks.masking import declared_sensitive_fields
 from ..tasks.service import AsyncTaskService
 from ..tasks.validation import INT32_MAX, INT32_MIN
 from .auth import protected_blueprint, requires
+from .clock import parse_clock_input
 from .json_input import parse_json_text
 from .list_query import whole_number
 from .sessions import actor_name
@@ -137,12 +138,12 @@ def payload_from_form(fields: list[FormField], form: Any) -> tuple[dict[str, Any
 
 
 def _run_at(text: str) -> datetime | None:
-    """The run-at input (``datetime-local``, read as UTC) as an aware time."""
+    """The run-at input (``datetime-local``, read in the zone the console shows) as an aware time."""
     if not text.strip():
         return None
     try:
-        return datetime.fromisoformat(text.strip()).replace(tzinfo=UTC)
-    except ValueError:
+        return parse_clock_input(text, "run_at")
+    except ValidationError:
         raise ValidationError(gettext("run at must be a date and time"), field="run_at") from None
 
 

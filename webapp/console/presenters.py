@@ -15,6 +15,7 @@ from flask_babel import gettext, lazy_gettext
 
 from ..tasks.models import AuditEntry, TaskEvent, TaskEventKind
 from ..tasks.stats import Throughput
+from .clock import clock_text
 
 EVENT_LABELS = {
     TaskEventKind.SUBMITTED.value: lazy_gettext("Submitted"),
@@ -259,8 +260,9 @@ def throughput_chart(data: Throughput, width: int = 1000, height: int = 200) -> 
         success_height = bucket.succeeded * scale
         failure_height = bucket.failed * scale
         success_y = top + plot_height - success_height
-        title = gettext("%(time)s UTC: %(succeeded)s finished, %(failed)s failed",
-                        time=bucket.start.strftime("%H:%M"), succeeded=bucket.succeeded, failed=bucket.failed)
+        title = gettext("%(time)s: %(succeeded)s finished, %(failed)s failed",
+                        time=clock_text(bucket.start, seconds=False), succeeded=bucket.succeeded,
+                        failed=bucket.failed)
         chart.bars.append(ChartBar(round(x + 1, 2), round(max(slot - 2, 1), 2), round(success_y, 2),
                                    round(success_height, 2), round(success_y - failure_height, 2),
                                    round(failure_height, 2), title))

@@ -34,12 +34,13 @@ class CurrentUser:
     role: str
     can_operate: bool
     is_admin: bool
+    time_zone: str = "local"  # times shown in the browser's zone ("local") or in UTC ("utc")
 
     @classmethod
     def of(cls, identity: LoginIdentity) -> CurrentUser:
         """The user of ``identity`` with the permissions of their role."""
         return cls(identity.id, identity.username, identity.role, can_operate=_at_least(identity.role, Role.OPERATOR),
-                   is_admin=_at_least(identity.role, Role.ADMIN))
+                   is_admin=_at_least(identity.role, Role.ADMIN), time_zone=identity.time_zone)
 
     def can(self, role: Role | str) -> bool:
         """Whether this user's role is at least ``role``."""

@@ -9,17 +9,16 @@ shared with the notifications and audit pages.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any, ClassVar
 
 from flask_babel import gettext
 from werkzeug.datastructures import MultiDict
 
-from ..tasks.errors import ValidationError
 from ..tasks.queries import TaskFilter
 from ..tasks.serialize import iso
-from ..tasks.validation import INT32_MAX, INT32_MIN, parse_time, validate_status
+from ..tasks.validation import INT32_MAX, INT32_MIN, validate_status
+from .clock import input_value, parse_clock_input
 from .list_query import ArgsReader, ListQuery
 
 MAX_SEARCH = 200
@@ -62,25 +61,6 @@ class TaskQuery(ListQuery):
         return params
 
 
-def _form_time(value: datetime | None) -> str:
-    """The value a ``datetime-local`` input shows (UTC, no zone suffix)."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S") if value is not None else ""
-
-
-def parse_time_input(text: str, name: str) -> datetime:
-    """ISO-8601 with a zone, or a zone-less ``datetime-local`` value taken as UTC."""
-    try:
-        return parse_time(text, name)
-    except ValidationError:
-        try:
-            naive = datetime.fromisoformat(text.strip())
-        except ValueError:
-            raise ValidationError(f"{name} must be a time like 2026-01-01T12:00:00Z", field=name) from None
-        if naive.tzinfo is not None:
-            raise
-        return naive.replace(tzinfo=UTC)
-
-
 def parse_task_query(args: MultiDict[str, str]) -> TaskQuery:
     """Read the task list's parameters; every bad one is named in ``errors``."""
     query = TaskQuery()
@@ -91,9 +71,9 @@ def parse_task_query(args: MultiDict[str, str]) -> TaskQuery:
     for name, label in (("priority_min", gettext("Priority from")), ("priority_max", gettext("Priority to"))):
         values[name] = read.whole_number(name, INT32_MIN, INT32_MAX, label)
     for name in ("created_after", "created_before"):
-        values[name] = read.parsed(name, partial(parse_time_input, name=name))
+        values[name] = read.parsed(name, partial(parse_clock_input, field=name))
         if values[name] is not None:
-            query.form[name] = _form_time(values[name])
+            query.form[name] = input_value(values[name])  # in the zone the page shows
     values["task_id"] = read.task_id("id")
     values["search"] = read.text("search", MAX_SEARCH)
     if values["priority_min"] is not None and values["priority_max"] is not None \

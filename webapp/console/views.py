@@ -46,6 +46,7 @@ from ..tasks.stats import AuditPage
 from ..tasks.transitions import may
 from ..tasks.validation import validate_task_id
 from .auth import protected_blueprint, requires, safe_next
+from .clock import clock_time
 from .formatting import mask_credentials
 from .json_input import parse_json_text
 from .list_query import parse_audit_query
@@ -186,7 +187,10 @@ def _detail_context(task: AsyncTask, message: str | None = None, level: str = "i
         "payload": fields["payload"],
         "error": fields["error"],
         # A webhook URL may carry credentials (https://user:secret@…): never on screen.
-        "fields": [(name, mask_credentials(fields.get(name)) if name == "notify_url" else fields.get(name))
+        "fields": [(name, mask_credentials(fields.get(name)) if name == "notify_url"
+                    # times in the console's one clock (a <time> element), not the API's UTC text
+                    else clock_time(getattr(task, name)) if name.endswith("_at") and fields.get(name)
+                    else fields.get(name))
                    for name in DETAIL_FIELDS],
         "timeline": [dataclasses.replace(entry, message=scrub_text(entry.message, secrets),
                                          traceback=scrub_text(entry.traceback, secrets))
