@@ -66,7 +66,8 @@ def test_an_override_is_stored_audited_and_followed_by_the_claim(limited_app):
     assert answer.status_code == 200
     body = answer.get_json()
     assert body["concurrency"] == 1 and body["declared"]["concurrency"] == 2
-    assert body["override"] == {"concurrency": 1, "rate": None, "updated_by": "api:ops-client"}
+    assert body["override"] == {"concurrency": 1, "rate": None, "time_limit": None,
+                                "updated_by": "api:ops-client"}
     assert _claimed(limited_app) == ids[:1]
     # A type without limits can get a rate at runtime.
     assert client.put("/api/task-types/NOOP/limits", json={"rate": {"count": 2, "per_seconds": 60}},
@@ -129,3 +130,15 @@ def test_every_process_follows_an_override_within_seconds(make_app):
         AsyncTaskService().set_limit_override("ONE_AT_A_TIME", {"concurrency": 3}, actor="ops")
         db.session.remove()
     assert sorted(wait_until(lambda: _claimed(other), timeout=5, interval=0.2, message="override followed")) == ids[1:]
+
+
+def test_a_time_limit_override_applies_and_shows_beside_the_declared_one(limited_app):
+    client, headers = limited_app.test_client(), _headers(limited_app)
+    answer = client.put("/api/task-types/PER_CUSTOMER/limits", json={"time_limit": 30}, headers=headers)
+    assert answer.status_code == 200
+    body = answer.get_json()
+    assert (body["time_limit"], body["declared"]["time_limit"], body["override"]["time_limit"]) == (30, None, 30)
+    assert body["concurrency"] == 2  # the other limits keep the processor's values
+    with limited_app.app_context():
+        assert AsyncTaskService().limits_overview("PER_CUSTOMER")[0]["time_limit"] == 30
+        db.session.remove()

@@ -133,9 +133,11 @@ def test_a_child_is_replaced_after_max_tasks_per_child(make_app):
 def test_an_exception_in_the_child_keeps_its_message_and_traceback(make_app):
     app = _app(make_app, "sqlite")
     _start(app, concurrency=1)
-    task = _ended(app, _submit(app, "WHERE_AM_I", {"fail": True}))
-    assert task["status"] == "FAILURE" and task["error"] == "ValueError: asked to fail"
-    failed = next(e for e in task["events"] if e["kind"] == "FAILED")
+    failing = _submit(app, "WHERE_AM_I", {"fail": True})
+    task = wait_until(lambda: (lambda t: t if t["status"] == "RETRYING" else None)(_task(app, failing)),
+                      timeout=30, message="the failed attempt")
+    assert task["error"] == "ValueError: asked to fail"
+    failed = next(e for e in task["events"] if e["kind"] == "RETRY_SCHEDULED")
     assert "asked to fail" in (failed["traceback"] or "") and "isolation_processors.py" in failed["traceback"]
 
 
