@@ -88,14 +88,21 @@ def test_every_console_string_has_a_chinese_translation_and_the_mo_is_current() 
     with (CATALOGUE / "messages.po").open("rb") as source:
         po = read_po(source)
     translated = {m.id: m.string for m in po if m.id and m.string and not m.fuzzy}
-    missing = sorted(_extracted_messages() - set(translated))
+    # A plural entry (ngettext) is keyed by its singular, as extraction names it; every form translated.
+    singular = {(msgid[0] if isinstance(msgid, tuple) else msgid): msgstr for msgid, msgstr in translated.items()
+                if not isinstance(msgstr, tuple) or all(msgstr)}
+    missing = sorted(_extracted_messages() - set(singular))
     assert not missing, ("untranslated console strings; see webapp/console/i18n.py for the pybabel "
                          f"commands: {missing}")
     for msgid, msgstr in translated.items():
-        assert sorted(PLACEHOLDER.findall(msgid)) == sorted(PLACEHOLDER.findall(msgstr)), msgid
+        for form in (msgstr if isinstance(msgstr, tuple) else (msgstr,)):
+            source = msgid[-1] if isinstance(msgid, tuple) else msgid
+            assert sorted(PLACEHOLDER.findall(source)) == sorted(PLACEHOLDER.findall(form)), msgid
     with (CATALOGUE / "messages.mo").open("rb") as compiled:
         mo = read_mo(compiled)
-    assert {m.id: m.string for m in mo if m.id} == translated, (
+    compiled_entries = {(tuple(m.id) if isinstance(m.id, list | tuple) else m.id):
+                        (tuple(m.string) if isinstance(m.string, list | tuple) else m.string) for m in mo if m.id}
+    assert compiled_entries == translated, (
         "messages.mo is out of date: run .venv/bin/pybabel compile -d webapp/translations")
 
 

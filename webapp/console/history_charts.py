@@ -16,6 +16,7 @@ from flask_babel import gettext, lazy_gettext
 
 from ..tasks.history_query import HistorySeries
 from ..tasks.history_sql import StatFigures
+from .clock import display_zone
 from .presenters import nice_ceiling
 
 WIDTH, HEIGHT = 1000, 180
@@ -82,7 +83,8 @@ def format_ms(value: float | None) -> str:
 
 
 def _time_label(moment: datetime, series: HistorySeries) -> str:
-    return moment.strftime("%H:%M") if series.range.span.days < 2 else moment.strftime("%m-%d %H:%M")
+    local = moment.astimezone(display_zone())  # the console's one clock (console/clock.py)
+    return local.strftime("%H:%M") if series.range.span.days < 2 else local.strftime("%m-%d %H:%M")
 
 
 def _layout(chart: LineChart, series: HistorySeries, keys: tuple[str, ...],
