@@ -54,13 +54,15 @@ def live_console(request: pytest.FixtureRequest, sqlite_template: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveConsole]:
     """A console served on 127.0.0.1 (random port) with a consumer running tasks in-process.
 
-    A test module may set ``CONSOLE_PROCESSORS`` to load other processors than the tests' own.
+    A test module may set ``CONSOLE_PROCESSORS`` to load other processors than the tests' own,
+    and ``CONSOLE_CONFIG`` (a dict) for more settings.
     """
     database = tmp_path_factory.mktemp("browser") / "console.sqlite3"
     shutil.copyfile(sqlite_template, database)
     processors = getattr(request.module, "CONSOLE_PROCESSORS", ["tests.processors"])
     app = create_app(base_config(SQLALCHEMY_DATABASE_URI=f"sqlite:///{database}", ASYNC_TASK_POLL_INTERVAL=0.2,
-                                 ASYNC_TASK_PROCESSORS=processors))
+                                 ASYNC_TASK_PROCESSORS=processors,
+                                 **getattr(request.module, "CONSOLE_CONFIG", {})))
     add_user(app, OPERATOR, "operator")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     consumer = Consumer(app, concurrency=2, poll_interval=0.2).start()

@@ -25,6 +25,7 @@ from ..extensions import db
 from ..tasks.audit import record_audit
 from ..tasks.models import utcnow
 from .models import ApiToken
+from .users import begin_write
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ def create_token(name: str, actor: str | None = None, *, scopes: Iterable[str] |
     """
     validate_token_name(name)
     settings = _checked_settings(scopes, reach, allowed_recipients, notifications_per_hour)
+    begin_write()  # SQLite: read then write in one transaction that a worker's write cannot refuse
     existing = db.session.scalars(select(ApiToken).where(ApiToken.name == name)).first()
     if existing is not None:
         state = "revoked" if existing.revoked_at is not None else "active"
@@ -196,6 +198,7 @@ def update_token(name: str, actor: str | None = None, *, scopes: Any = UNCHANGED
 
     Every process sees the change within ``VERIFIED_TOKEN_TTL`` seconds (this one at once).
     """
+    begin_write()
     row = db.session.scalars(select(ApiToken).where(ApiToken.name == name)).first()
     if row is None or row.revoked_at is not None:
         db.session.rollback()
@@ -216,6 +219,7 @@ def update_token(name: str, actor: str | None = None, *, scopes: Any = UNCHANGED
 
 def revoke_token(name: str, actor: str | None = None) -> ApiToken:
     """Mark the named token revoked; it stops working at once. Unknown or revoked: TokenError."""
+    begin_write()
     row = db.session.scalars(select(ApiToken).where(ApiToken.name == name)).first()
     if row is None:
         db.session.rollback()
