@@ -29,6 +29,8 @@ LAZY_IMPORTS_ALLOWED: dict[tuple[str, str], str] = {
     ("webapp.schema", "flask_migrate"): "heavy (alembic, Mako, Pygments, every dialect's DDL): only a "
                                         "migration that runs needs it, not every command and web start",
     ("webapp.schema", "flask_migrate.cli"): "heavy (imports flask_migrate): only a `flask db …` sub-command needs it",
+    ("webapp.tasks.locks", "redis"): "heavy (its asyncio and observability parts): only REDIS_URL's locks need it",
+    ("webapp.accounts.login_counters", "redis"): "heavy: only login counters kept in Redis (REDIS_URL) need it",
 }
 
 

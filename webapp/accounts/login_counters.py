@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import redis
 from sqlalchemy import case, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from .models import LoginFailureCounter
+
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,11 @@ class RedisCounters:
     """Counters as Redis hashes that expire after two windows; the database when Redis does not answer."""
 
     def __init__(self, client: redis.Redis, prefix: str, fallback: CounterStore | None = None) -> None:
+        # Imported here, not at the top: redis costs every process a large share of its start,
+        # and only one with REDIS_URL set counts logins in Redis.
+        from redis import RedisError
+
+        self._errors: type[RedisError] = RedisError
         self.client = client
         self.prefix = f"{prefix}login:"
         self.fallback = fallback or DatabaseCounters()
@@ -127,7 +134,7 @@ class RedisCounters:
             for key in keys:
                 pipe.hmget(self.prefix + key, *FIELDS)
             answers = pipe.execute()
-        except redis.RedisError as exc:
+        except self._errors as exc:
             self._unavailable(exc)
             return self.fallback.read(session, keys, now, window)
         found = {}
@@ -146,7 +153,7 @@ class RedisCounters:
             failures, started, audit_id = self._bump(keys=[self.prefix + key],
                                                      args=[repr(now.timestamp()), repr(seconds),
                                                            int(seconds * 2) + 1])
-        except redis.RedisError as exc:
+        except self._errors as exc:
             self._unavailable(exc)
             return self.fallback.bump(session, scope, key, now, window)
         return Counter(int(failures), _time(started), now, _number(audit_id))
@@ -155,7 +162,7 @@ class RedisCounters:
         """Drop the counter."""
         try:
             self.client.delete(self.prefix + key)
-        except redis.RedisError as exc:
+        except self._errors as exc:
             self._unavailable(exc)
             self.fallback.forget(session, key)
 
@@ -164,7 +171,7 @@ class RedisCounters:
         try:
             if self.client.exists(self.prefix + key):
                 self.client.hset(self.prefix + key, "audit_id", audit_id)
-        except redis.RedisError as exc:
+        except self._errors as exc:
             self._unavailable(exc)
             self.fallback.attach_audit_row(session, key, audit_id)
 
@@ -189,4 +196,6 @@ def counter_store(redis_url: str | None, prefix: str) -> CounterStore:
     """Redis counters when ``REDIS_URL`` is set (database fallback), else the database's."""
     if not redis_url:
         return DatabaseCounters()
-    return RedisCounters(redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1), prefix)
+    from redis import Redis  # only when REDIS_URL is set (see RedisCounters)
+
+    return RedisCounters(Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1), prefix)

@@ -12,8 +12,10 @@ import logging
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import redis
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,12 @@ class TaskLocks:
     """Per-task Redis locks, taken and released in pipelined batches."""
 
     def __init__(self, url: str, prefix: str = "asynctask:", ttl_seconds: float = 15.0) -> None:
+        # Imported here, not at the top: redis (with its asyncio and observability parts) costs
+        # every process a large share of its start, and only one with REDIS_URL set gets here.
+        import redis
+
         self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._errors: type[redis.RedisError] = redis.RedisError
         self.prefix = prefix
         self.ttl_ms = max(1000, int(ttl_seconds * 1000))
         self._release = self.client.register_script(RELEASE_SCRIPT)
@@ -64,7 +71,7 @@ class TaskLocks:
             for task_id, token in claims:
                 pipe.set(self.key(task_id), token, nx=True, px=self.ttl_ms)
             answers = pipe.execute()
-        except redis.RedisError as exc:
+        except self._errors as exc:
             raise RedisUnavailable(str(exc)) from exc
         return {task_id for (task_id, _), ok in zip(claims, answers, strict=True) if ok}
 
@@ -77,7 +84,7 @@ class TaskLocks:
             for task_id, token in claims:
                 self._release(keys=[self.key(task_id)], args=[token], client=pipe)
             pipe.execute()
-        except redis.RedisError as exc:
+        except self._errors as exc:
             raise RedisUnavailable(str(exc)) from exc
 
     def extend_many(self, claims: Iterable[tuple[int, str]]) -> set[int]:
@@ -90,7 +97,7 @@ class TaskLocks:
             for task_id, token in claims:
                 self._extend(keys=[self.key(task_id)], args=[token, self.ttl_ms], client=pipe)
             answers = pipe.execute()
-        except redis.RedisError as exc:
+        except self._errors as exc:
             raise RedisUnavailable(str(exc)) from exc
         return {task_id for (task_id, _), ok in zip(claims, answers, strict=True) if not ok}
 
@@ -105,7 +112,7 @@ class TaskLocks:
                 pipe.get(self.key(task_id))
                 pipe.pttl(self.key(task_id))
             answers = pipe.execute()
-        except redis.RedisError as exc:
+        except self._errors as exc:
             raise RedisUnavailable(str(exc)) from exc
         held: dict[int, tuple[str | None, float]] = {}
         for index, task_id in enumerate(task_ids):
@@ -117,7 +124,7 @@ class TaskLocks:
         """Replace ``holder``'s lock by ours (``token``, full TTL); False if the lock changed hands."""
         try:
             return bool(self._take_over(keys=[self.key(task_id)], args=[holder, token, self.ttl_ms]))
-        except redis.RedisError as exc:
+        except self._errors as exc:
             raise RedisUnavailable(str(exc)) from exc
 
     def force_release(self, task_ids: Iterable[int]) -> None:
@@ -127,7 +134,7 @@ class TaskLocks:
             return
         try:
             self.client.delete(*keys)
-        except redis.RedisError as exc:
+        except self._errors as exc:
             raise RedisUnavailable(str(exc)) from exc
 
     @contextmanager
@@ -142,7 +149,7 @@ class TaskLocks:
         token = uuid.uuid4().hex
         try:
             acquired = bool(self.client.set(key, token, nx=True, px=max(1000, int(ttl_seconds * 1000))))
-        except redis.RedisError as exc:
+        except self._errors as exc:
             raise RedisUnavailable(str(exc)) from exc
         release_failed: redis.RedisError | None = None
         try:
@@ -151,7 +158,7 @@ class TaskLocks:
             if acquired:
                 try:
                     self._release(keys=[key], args=[token])
-                except redis.RedisError as exc:
+                except self._errors as exc:
                     log.warning("could not release the recovery-sweep lock; it expires by itself")
                     release_failed = exc
         if release_failed is not None:
@@ -160,5 +167,5 @@ class TaskLocks:
     def ping(self) -> bool:
         try:
             return bool(self.client.ping())
-        except redis.RedisError:
+        except self._errors:
             return False
