@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, str] = {
     "memory": "bench.memory",
     "peers": "bench.peers",
     "workflows": "bench.workflows",
+    "startup": "bench.startup",
 }
 
 
