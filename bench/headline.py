@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from .common import Context, pg_database, redis_available, scratch_dir
 from .drain import HEADLINE_REPEATS, TUNED, drain_once
@@ -38,7 +39,7 @@ def main() -> int:
             peer = max(peer_rates)
             print(f"pgqueuer batch {batch}: {peer:,.0f} jobs/s ({', '.join(f'{r:,.0f}' for r in peer_rates)})",
                   flush=True)
-            variants: list[tuple[str, bool, dict[str, object]]] = [
+            variants: list[tuple[str, bool, dict[str, Any]]] = [
                 ("as shipped", False, {}), ("tuned", False, TUNED(batch))]
             if redis_available():
                 variants.append(("as shipped + Redis locks", True, {}))
