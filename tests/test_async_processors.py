@@ -6,6 +6,7 @@ masking, the attempt's writes) and the consumer's stop semantics (webapp/tasks/a
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from sqlalchemy import func, select
 from tests import async_processors as procs
 from tests import processors
 from tests.conftest import wait_until
+from tests.proc_utils import ProcessPool, worker_environment
 from webapp.config import ConfigError, load_settings
 from webapp.tasks import AsyncTaskService, TaskInfo, TaskProcessor, TaskResult
 from webapp.tasks.consumer import Consumer
@@ -243,3 +245,30 @@ def test_async_concurrency_setting_is_checked_at_start(tmp_path, value):
 
 def test_async_concurrency_default(tmp_path):
     assert load_settings(str(tmp_path), environ={})["ASYNC_TASK_ASYNC_CONCURRENCY"] == 100
+
+
+# -- a real worker process ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_worker_process_runs_async_tasks_and_gives_back_what_outlives_the_grace(
+        make_app, pg_url, redis_url, tmp_path):
+    app = make_app("postgres", redis=True, ASYNC_TASK_PROCESSORS=PROCESSORS)
+    env = worker_environment(pg_url, redis_url=redis_url, lock_prefix=app.config["ASYNC_TASK_REDIS_LOCK_PREFIX"],
+                             run_log=tmp_path / "runs.log", tmp_path=tmp_path,
+                             ASYNC_TASK_PROCESSORS=",".join(PROCESSORS), ASYNC_TASK_SHUTDOWN_GRACE=1)
+    pool = ProcessPool(tmp_path)
+    try:
+        worker = pool.start_worker("async", env, concurrency=2)
+        slept = submit(app, "ASYNC_SLEEP", {"seconds": 0.5}, count=40)
+        threaded = submit(app, "SLEEP", {"seconds": 0.2}, count=4)
+        wait_until(lambda: all_in(app, slept + threaded, "SUCCESS"), timeout=60, message="all done")
+        blocked = submit(app, "ASYNC_BLOCK", {"timeout": 60})[0]
+        wait_until(lambda: statuses(app, [blocked]) == ["PROCESSING"], timeout=20, message="blocked runs")
+        worker.send(signal.SIGTERM)
+        assert worker.wait_exit(timeout=30) == 0
+        assert statuses(app, [blocked]) == ["PENDING"]
+        assert "released 1 task(s)" in worker.log_text()
+    finally:
+        pool.shutdown()

@@ -166,8 +166,8 @@ class Consumer(ClaimPool[TaskInfo]):
         self._scheduler = scheduler
         self.engine.local_consumers.append(self)
         self.started = True
-        log.info("consumer %s started: concurrency=%s batch=%s poll=%ss", self.worker_id,
-                 self.concurrency, self.batch_size, self.poll_interval)
+        log.info("consumer %s started: concurrency=%s batch=%s poll=%ss async=%s", self.worker_id,
+                 self.concurrency, self.batch_size, self.poll_interval, self.side_capacity or "none")
         return self
 
     def stop(self, grace: float | None = None) -> list[int]:
