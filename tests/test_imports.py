@@ -31,6 +31,9 @@ LAZY_IMPORTS_ALLOWED: dict[tuple[str, str], str] = {
     ("webapp.schema", "flask_migrate.cli"): "heavy (imports flask_migrate): only a `flask db …` sub-command needs it",
     ("webapp.tasks.locks", "redis"): "heavy (its asyncio and observability parts): only REDIS_URL's locks need it",
     ("webapp.accounts.login_counters", "redis"): "heavy: only login counters kept in Redis (REDIS_URL) need it",
+    ("webapp.tasks.direct", "psycopg"): "heavy: only PostgreSQL needs psycopg; a SQLite process never loads it",
+    ("webapp.tasks.direct", "psycopg.rows"): "with psycopg, on PostgreSQL only",
+    ("webapp.tasks.wakeup", "psycopg"): "heavy: only PostgreSQL's LISTEN thread needs psycopg",
 }
 
 

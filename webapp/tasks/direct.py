@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg.rows import namedtuple_row
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +52,15 @@ class DirectConnection:
         connection = self._connect()
         try:
             return connection.execute(sql, params, prepare=None).fetchall()
-        except psycopg.OperationalError:
+        except _psycopg().OperationalError:
             self.close()  # the next call reconnects; this one's caller retries at its next turn
             raise
 
     def _connect(self) -> psycopg.Connection[Any]:
         if self._connection is None or self._connection.closed:
-            connection = psycopg.connect(self._conninfo, autocommit=True, row_factory=namedtuple_row)
+            psycopg = _psycopg()
+            connection = psycopg.connect(self._conninfo, autocommit=True,
+                                         row_factory=psycopg.rows.namedtuple_row)
             connection.prepare_threshold = self._prepare_threshold
             connection.execute("SET enable_sort = off")
             if not self._durable:
@@ -73,12 +77,22 @@ class DirectConnection:
             self._connection = None
 
 
+def _psycopg() -> Any:
+    """psycopg, imported on first use: PostgreSQL only, and a SQLite process never pays for it."""
+    import psycopg
+    import psycopg.rows
+
+    return psycopg
+
+
 def is_lost_connection(exc: BaseException) -> bool:
     """Whether ``exc`` means the database connection died (``pg_terminate_backend``, a restart)."""
-    if isinstance(exc, psycopg.OperationalError):
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    return isinstance(exc, DBAPIError) and (exc.connection_invalidated
-                                            or isinstance(exc.orig, psycopg.OperationalError))
+    # A psycopg error can only exist once psycopg is imported; without it, nothing to look for.
+    psycopg = sys.modules.get("psycopg")
+    lost = () if psycopg is None else psycopg.OperationalError
+    return isinstance(exc, lost) or (isinstance(exc, DBAPIError) and isinstance(exc.orig, lost))
 
 
 def first_line(exc: BaseException) -> str:

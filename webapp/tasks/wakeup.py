@@ -19,7 +19,6 @@ import sqlite3
 import threading
 from collections.abc import Callable
 
-import psycopg
 from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import URL
@@ -128,6 +127,8 @@ class PostgresListener:
         return thread
 
     def _listen(self) -> None:
+        import psycopg  # PostgreSQL only: a SQLite process never pays for importing it
+
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as conn:
