@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from webapp.extensions import db
 from webapp.tasks import RetryConfig, RetryStrategy, TaskInfo, TaskProcessor, TaskResult
+from webapp.tasks.limits import TaskLimits
 from webapp.tasks.progress import current_context
 
 log = logging.getLogger(__name__)
@@ -175,4 +176,24 @@ class AsyncSecretProcessor(TaskProcessor):
     async def process(self, task: TaskInfo, payload: dict) -> TaskResult:
         await asyncio.sleep(0)
         log.warning("connecting with %s", payload["password"])
+        return TaskResult.success()
+
+
+class AsyncSlowProcessor(TaskProcessor):
+    """Has a hard time limit of 0.5 s; sleeps past it, or times out on its own first."""
+
+    task_type = "ASYNC_SLOW"
+    retry_config = RetryConfig(max_retry_count=0)
+
+    def get_limits(self) -> TaskLimits:
+        return TaskLimits(time_limit=0.5)
+
+    async def process(self, task: TaskInfo, payload: dict) -> TaskResult:
+        if payload.get("own_timeout"):
+            await asyncio.wait_for(asyncio.sleep(5), timeout=0.05)
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            record(task, stopped=True)
+            raise
         return TaskResult.success()

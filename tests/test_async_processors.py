@@ -23,6 +23,7 @@ from webapp.config import ConfigError, load_settings
 from webapp.tasks import AsyncTaskService, TaskInfo, TaskProcessor, TaskResult
 from webapp.tasks.consumer import Consumer
 from webapp.tasks.errors import RegistryError
+from webapp.tasks.limits import TaskLimits
 from webapp.tasks.models import AuditEntry
 from webapp.tasks.registry import ProcessorRegistry
 
@@ -206,6 +207,20 @@ def test_secrets_are_masked_in_the_attempts_log(async_app, caplog):
     assert lines[0].task_id == task_id
 
 
+def test_the_hard_time_limit_stops_an_async_attempt(async_app):
+    slow = submit(async_app, "ASYNC_SLOW")[0]
+    own = submit(async_app, "ASYNC_SLOW", {"own_timeout": True})[0]
+    started = time.monotonic()
+    Consumer(async_app, concurrency=1).start()
+    wait_until(lambda: statuses(async_app, [slow, own]) == ["FAILURE", "FAILURE"], timeout=15,
+               message="both failed")
+    assert time.monotonic() - started < 10
+    slow_task, own_task = tasks_of(async_app, [slow, own])
+    assert slow_task.error == "time limit of 0.5 s exceeded"
+    assert procs.SEEN[slow]["stopped"] is True
+    assert own_task.error.startswith("TimeoutError")  # the processor's own timeout is not the limit
+
+
 # -- registration and settings (no database) ----------------------------------------------------
 
 
@@ -235,6 +250,19 @@ def test_registry_knows_async_processors_and_refuses_async_hooks():
 
     with pytest.raises(RegistryError, match=r"Yields.process is an async generator"):
         registry.register(Yields())
+
+    class Isolated(TaskProcessor):
+        task_type = "ASYNC_ISOLATED"
+
+        def get_limits(self) -> TaskLimits:
+            return TaskLimits(isolation="process")
+
+        async def process(self, task: TaskInfo, payload: dict) -> TaskResult:
+            return TaskResult.success()
+
+    with pytest.raises(RegistryError, match=r"ASYNC_ISOLATED: get_limits\(\): isolation='process' needs a plain"):
+        registry.register(Isolated())
+    assert "ASYNC_ISOLATED" not in registry
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "many"])

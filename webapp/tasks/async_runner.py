@@ -9,7 +9,11 @@ loop runs them side by side without a thread each. An attempt has what a thread-
 * its own progress/cancel context (``progress.py``) and log context with secrets masked
   (``task_log_context``), both ``ContextVar``-based too;
 * the same outcome rules as ``Consumer._execute``: ``None`` or a dict is a success, an exception
-  a retryable failure, ``TaskCancelled`` a cancelled attempt, anything else a non-retryable one.
+  a retryable failure, ``TaskCancelled`` a cancelled attempt, anything else a non-retryable one;
+* the type's hard ``time_limit`` (``TaskLimits``): unlike a thread, a coroutine can be stopped,
+  so past it the attempt is cancelled at its current ``await`` and fails "time limit of N s
+  exceeded", retried by its policy. (The soft limit and operators' runtime overrides of the time
+  limit apply to thread-run types only.)
 
 Database work: the session is synchronous, so a query run on the loop blocks every other attempt
 while it waits. Processors wrap it in ``await asyncio.to_thread(...)`` (the copied context
@@ -40,6 +44,7 @@ from ..logging_setup import task_log_context
 from .attempt import TaskInfo
 from .direct import first_line
 from .errors import TaskCancelled
+from .limits import time_limit_message
 from .masking import declared_sensitive_fields, scrub_secrets, secret_values
 from .processor import TaskProcessor, TaskResult
 from .progress import TaskContext
@@ -173,7 +178,17 @@ class AsyncRunner:
             if processor.payload_type is not None:
                 payload = payload_from_json(processor.payload_type, task.payload)
             pending: Any = processor.process(task, payload)  # a coroutine: the registry checked it
-            result = await pending
+            time_limit = self.registry.limits_of(task.task_type).time_limit
+            deadline = asyncio.timeout(time_limit)
+            try:
+                async with deadline:
+                    result = await pending
+            except TimeoutError:
+                if time_limit is None or not deadline.expired():
+                    raise  # the processor's own timeout: an ordinary exception
+                log.warning("task %s (%s) attempt %s stopped at its time limit of %gs", task.id,
+                            task.task_type, task.attempt, time_limit)
+                return TaskResult.failure(time_limit_message(time_limit)), None, True
         except TaskCancelled:
             log.info("task %s (%s) attempt %s cancelled on request", task.id, task.task_type, task.attempt)
             return TaskResult.cancelled(), None, True

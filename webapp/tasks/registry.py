@@ -51,10 +51,13 @@ class ProcessorRegistry:
             limits = checked_limits(task_type, processor.get_limits(), processor.payload_type)
         except ValueError as exc:
             raise RegistryError(f"{task_type}: get_limits(): {exc}") from exc
+        if is_async_processor(processor):
+            if limits.isolation == "process":
+                raise RegistryError(f"{task_type}: get_limits(): isolation='process' needs a plain 'def' "
+                                    f"process(); an async processor runs on the worker's event loop")
+            self._async.add(task_type)
         self._processors[task_type] = processor
         self._limits[task_type] = limits
-        if is_async_processor(processor):
-            self._async.add(task_type)
 
     def get(self, task_type: str) -> TaskProcessor | None:
         return self._processors.get(task_type)
