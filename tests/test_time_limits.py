@@ -160,3 +160,24 @@ def test_operators_override_the_time_limit_not_below_the_soft_limit(make_app):
 def test_a_bad_child_setting_stops_start_up_naming_it(make_app, setting):
     with pytest.raises(ConfigError, match=setting):
         make_app("sqlite", **{setting: -1})
+
+
+def test_stopping_the_worker_releases_an_isolated_task_and_kills_its_child(make_app):
+    app = _app(make_app, "sqlite")
+    consumer = _start(app, concurrency=1)
+    spinning = _submit(app, "SPIN_FOREVER")
+    wait_until(lambda: _task(app, spinning)["status"] == "PROCESSING", message="the task running")
+    children = consumer.attempt_limits.children().pids
+    consumer.stop(grace=0.3)
+    task = _task(app, spinning)
+    assert task["status"] == "PENDING" and "RELEASED" in _kinds(task), task  # given back, not failed
+    assert "RETRY_SCHEDULED" not in _kinds(task)
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_until(lambda: all(gone(pid) for pid in children), timeout=10, message="the children to exit")

@@ -191,7 +191,6 @@ class Consumer(ClaimPool[TaskInfo]):
             self._async_runner.stop(timeout=min(grace, NOTIFIER_STOP_GRACE))
             self._async_runner = None
         self.end_workers(time.monotonic())
-        self.attempt_limits.close()  # child processes still running a task are killed
         with self._lock:
             self._finisher_closed = True  # late finishers (past the grace) write their own outcome
             self._finished.put(None)
@@ -209,6 +208,9 @@ class Consumer(ClaimPool[TaskInfo]):
             self.lock_keeper.release(leftovers)
             service.stop_worker(self.worker_id)
             db.session.remove()
+        # Child processes still running a task are killed only now: their tasks were released
+        # above, so the failure their worker threads then report is refused, not counted.
+        self.attempt_limits.close()
         for direct in (self._claim_direct, self._finish_direct):
             if direct is not None:
                 direct.close()
