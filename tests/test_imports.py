@@ -34,6 +34,9 @@ LAZY_IMPORTS_ALLOWED: dict[tuple[str, str], str] = {
     ("webapp.tasks.direct", "psycopg"): "heavy: only PostgreSQL needs psycopg; a SQLite process never loads it",
     ("webapp.tasks.direct", "psycopg.rows"): "with psycopg, on PostgreSQL only",
     ("webapp.tasks.wakeup", "psycopg"): "heavy: only PostgreSQL's LISTEN thread needs psycopg",
+    ("webapp.health", "webapp.metrics"): "heavy (prometheus_client): only the /metrics view needs it",
+    ("webapp.config", "yaml"): "only an ASYNC_TASK_CONFIG_FILE needs a YAML parser, not every start",
+    ("webapp.schedules.setting", "yaml"): "only a schedules file needs a YAML parser, not every start",
 }
 
 

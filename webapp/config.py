@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from .schedules.setting import parse_schedules_setting
 
 if TYPE_CHECKING:
@@ -212,6 +210,8 @@ def normalise_database_url(url: str) -> str:
 
 def read_yaml_settings(path: str) -> dict[str, Any]:
     """Read an ``application.yml``-shaped file into setting names."""
+    import yaml  # only a configuration file needs it, not every start
+
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"ASYNC_TASK_CONFIG_FILE: no such file: {path}")

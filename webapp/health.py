@@ -26,7 +26,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .accounts.tokens import verify_token_cached
 from .extensions import db
-from .metrics import cached_metrics
 
 bp = Blueprint("health", __name__)
 
@@ -66,6 +65,9 @@ def metrics() -> Any:
                                     "Authorization: Bearer <token>) or ASYNC_TASK_METRICS_PUBLIC=true\n")
         if not _bearer_matches(token):
             return _metrics_refused("metrics need Authorization: Bearer <ASYNC_TASK_METRICS_TOKEN>\n")
+    # prometheus_client is imported with it: only this view needs it, not every start.
+    from .metrics import cached_metrics
+
     try:
         body = cached_metrics(float(config["ASYNC_TASK_METRICS_CACHE_SECONDS"]))
     finally:

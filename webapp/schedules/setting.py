@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 CONFIG_SETTING = "ASYNC_TASK_SCHEDULES"
 # YAML spellings people write (the config file uses dashes) -> field names.
 KEY_ALIASES = {"task-type": "task_type", "every": "interval_seconds", "interval": "interval_seconds",
@@ -37,6 +35,8 @@ def parse_schedules_setting(value: Any) -> DeclaredSchedules:
     if value is None or (isinstance(value, str) and not value.strip()):
         return DeclaredSchedules([], "")
     if isinstance(value, str):
+        import yaml  # only a schedules file needs it, not every start
+
         path = Path(value.strip())
         if not path.is_file():
             raise ValueError(f"no such file: {path}")
