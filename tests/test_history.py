@@ -31,8 +31,10 @@ def reset_history() -> None:
     db.session.commit()
 
 
-def add_task(task_type: str, due: datetime, attempts: int, status: str = "SUCCESS") -> int:
-    return db.session.execute(insert(AsyncTask).values(
+def add_task(task_type: str, due: datetime, attempts: int, status: str = "SUCCESS",
+             started_at: datetime | None = None) -> int:
+    """A task row; ``started_at`` is what the claim of its current attempt stamped (None: released)."""
+    return db.session.execute(insert(AsyncTask).values(started_at=started_at,
         task_type=task_type, status=status, priority=0, payload={}, retry_count=0, max_retry_count=3,
         retry_strategy="FIXED", retry_interval=1, created_at=due, updated_at=due, next_run_at=due,
         attempts=attempts, recovery_count=0, retry_jitter=0, pending_parents=0)
@@ -51,12 +53,13 @@ def write_scenario() -> None:
     """alpha: five runs in minute M; beta: a retry in M, then a failure in M + 1."""
     runs_ms = [100, 200, 300, 400, 10_000]
     for index, run in enumerate(runs_ms):
-        task = add_task("alpha", M, attempts=1)
         claimed = M + seconds(index + 1)  # waits 1 s .. 5 s
+        # Runs are timed from started_at, or from the CLAIMED event when it is not set (both ways here).
+        task = add_task("alpha", M, attempts=1, started_at=claimed if index % 2 else None)
         add_event(task, "SUBMITTED", M - seconds(30), None)
         add_event(task, "CLAIMED", claimed, 1)
         add_event(task, "SUCCEEDED", claimed + timedelta(milliseconds=run), 1)
-    beta = add_task("beta", M + seconds(63), attempts=2, status="FAILURE")
+    beta = add_task("beta", M + seconds(63), attempts=2, status="FAILURE", started_at=M + seconds(70))
     add_event(beta, "CLAIMED", M + seconds(2), 1)
     add_event(beta, "RETRY_SCHEDULED", M + seconds(3), 1)
     add_event(beta, "CLAIMED", M + seconds(70), 2)
