@@ -142,8 +142,10 @@ def seeded(live_console: LiveConsole) -> Iterator[dict[str, str]]:
         "workflow": f"/workflows/{workflow}",
         "password": "/account/password",
     }
-    if any(rule.rule == "/limits" for rule in app.url_map.iter_rules()):
-        pages["limits"] = "/limits"
+    rules = {rule.rule for rule in app.url_map.iter_rules()}
+    optional = {"limits": ("/limits", "/limits"), "history": ("/history", "/history?range=24h"),
+                "task type": ("/task-types/<task_type>", "/task-types/FATAL")}
+    pages.update({name: path for name, (rule, path) in optional.items() if rule in rules})
     try:
         yield pages
     finally:
