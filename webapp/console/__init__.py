@@ -17,6 +17,7 @@ from ..accounts.login_counters import counter_store
 from ..accounts.throttle import LoginThrottle
 from . import account, admin, auth, clock, exports, i18n, new_task, notifications, schedules, views
 from .formatting import register as register_formatting
+from .history import bp as history_bp
 from .sessions import current_user, load_current_user
 from .workflows import bp as workflows_bp
 
@@ -27,6 +28,7 @@ CONSOLE_BLUEPRINTS: tuple[Blueprint, ...] = (
     notifications.bp,
     schedules.bp,
     workflows_bp,
+    history_bp,
     exports.bp,
     new_task.bp,
     account.bp,
