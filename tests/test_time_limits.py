@@ -130,6 +130,13 @@ def test_a_child_is_replaced_after_max_tasks_per_child(make_app):
     assert pids[0] == pids[1] != pids[2] and os.getpid() not in pids
 
 
+def test_a_child_past_max_memory_per_child_is_replaced_after_its_task(make_app):
+    app = _app(make_app, "sqlite", ASYNC_TASK_MAX_MEMORY_PER_CHILD=1)  # MiB: every child is above it
+    _start(app, concurrency=1)
+    pids = [_ended(app, _submit(app, "WHERE_AM_I"))["result"]["pid"] for _ in range(2)]
+    assert pids[0] != pids[1]
+
+
 def test_an_exception_in_the_child_keeps_its_message_and_traceback(make_app):
     app = _app(make_app, "sqlite")
     _start(app, concurrency=1)

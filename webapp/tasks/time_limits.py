@@ -41,7 +41,7 @@ from ..extensions import db
 from .attempt import TaskInfo
 from .fencing import fenced_update
 from .isolation import ChildPool, child_config, processor_ref
-from .limit_overrides import LimitOverrides
+from .limit_overrides import OVERRIDE_CACHE_SECONDS, LimitOverrides
 from .limits import TaskLimits, time_limit_message
 from .models import AsyncTask, TaskEventKind
 from .processor import TaskProcessor, TaskResult
@@ -160,7 +160,8 @@ class AttemptLimits:
     def __init__(self, app: Flask, settings: EngineSettings, worker_id: str, threads: int) -> None:
         self.app = app
         self.worker_id = worker_id
-        self.registry = app.extensions["async_task"].registry
+        self.engine = app.extensions["async_task"]
+        self.registry = self.engine.registry
         self.settings = settings
         self.threads = threads
         self.watchdog = Watchdog()
@@ -169,6 +170,11 @@ class AttemptLimits:
 
     def limits_for(self, task: TaskInfo) -> TaskLimits:
         """The type's limits now, with an operator's override (re-read at most every 2 s)."""
+        cached = getattr(self.engine, "limit_overrides_cache", None)
+        if cached is not None and time.monotonic() - cached[0] <= OVERRIDE_CACHE_SECONDS:
+            override = cached[1].get(task.task_type)  # the common case: no session, no query
+            declared = self.registry.limits_of(task.task_type)
+            return override.applied_to(declared) if override else declared
         # A session of its own: the processor's session must stay out of a transaction until
         # it starts one (the consumer batches the outcomes of processors that wrote nothing).
         with Session(db.engine) as session:
