@@ -10,13 +10,17 @@ from datetime import timedelta
 import pytest
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
 
 from tests.conftest import wait_until
 from tests.console_support import htmx, logged_in_client
 from tests.test_history import reset_history
 from webapp.console.history_charts import history_charts
+from webapp.extensions import db
 from webapp.tasks import AsyncTaskService, TaskResult
-from webapp.tasks.history import HistoryWriter
+from webapp.tasks.consumer import Consumer
+from webapp.tasks.history import HistoryWriter, aggregate_history
+from webapp.tasks.history_models import TaskStatMark
 from webapp.tasks.history_query import RANGES, HistorySeries
 from webapp.tasks.history_sql import StatFigures
 from webapp.tasks.models import utcnow
@@ -126,3 +130,24 @@ def test_a_gap_splits_a_time_line_and_a_lone_point_is_a_dot(make_app) -> None:
     assert [tick for _, tick in runs.y_ticks] == ["0 ms", "100 ms", "200 ms"]
     assert [tick for _, tick in counts.y_ticks] == ["0", "1"]  # a count axis has no "0.5"
     assert len(counts.lines[0].segments) == 1 and counts.lines[0].segments[0].count(",") == chosen.bars
+
+
+def test_a_task_type_page_marks_task_types_as_current(make_app) -> None:
+    app = make_app("sqlite")
+    client, _ = logged_in_client(app, "viewer")
+    html = client.get("/task-types/NOOP").text
+    current = re.findall(r'<a href="([^"]+)" aria-current="page">', html)
+    assert current == ["/task-types"], current
+
+
+def test_every_consumer_schedules_the_minute_job_and_the_job_writes_the_mark(make_app) -> None:
+    app = make_app("sqlite")
+    consumer = Consumer(app, concurrency=1).start()
+    try:
+        job = consumer._scheduler.get_job("history") if consumer._scheduler else None
+        assert job is not None and "second='10'" in str(job.trigger)
+    finally:
+        consumer.stop(grace=2)
+    aggregate_history(app)  # what the job runs: its own app context, errors logged
+    with app.app_context():
+        assert db.session.scalar(select(TaskStatMark.next_minute)) is not None
