@@ -97,7 +97,7 @@ def test_past_the_soft_limit_a_cooperative_task_is_asked_to_stop_and_ends_cancel
     app = _app(make_app, backend)
     _start(app)
     task = _ended(app, _submit(app, task_type), timeout=15)
-    assert task["status"] == "CANCELLED", task
+    assert task["status"] == "CANCELLED" and task["error"] == "cancelled: soft time limit of 1 s passed", task
     soft = [e for e in task["events"] if e["kind"] == "SOFT_TIME_LIMIT"]
     assert len(soft) == 1 and "soft time limit of 1 s passed" in soft[0]["message"]
     stopped_after = (task["events"][-1]["at"] - soft[0]["at"]).total_seconds()

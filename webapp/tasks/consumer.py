@@ -418,7 +418,7 @@ class Consumer(ClaimPool[TaskInfo]):
         except TaskCancelled:
             _discard_attempt_writes(task)  # a cancelled attempt keeps none of its writes
             log.info("task %s (%s) attempt %s cancelled on request", task.id, task.task_type, task.attempt)
-            return TaskResult.cancelled(), None
+            return self.attempt_limits.cancelled_result(task), None
         except Exception as exc:
             _discard_attempt_writes(task)  # the processor's own writes go with its failed attempt
             log.warning("task %s (%s) attempt %s raised %s: %s", task.id, task.task_type, task.attempt,

@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 from ..config import EngineSettings
 from ..extensions import db
 from .attempt import TaskInfo
+from .errors import TaskCancelled
 from .fencing import fenced_update
 from .isolation import ChildPool, child_config, processor_ref
 from .limit_overrides import OVERRIDE_CACHE_SECONDS, LimitOverrides
@@ -167,6 +168,9 @@ class AttemptLimits:
         self.watchdog = Watchdog()
         self._children: ChildPool | None = None
         self._children_lock = threading.Lock()
+        # Attempts (id, claim token) a soft limit asked to stop, until they end: their
+        # cancellation says so instead of naming an operator.
+        self._soft_stopped: dict[tuple[int, str], float] = {}
 
     def limits_for(self, task: TaskInfo) -> TaskLimits:
         """The type's limits now, with an operator's override (re-read at most every 2 s)."""
@@ -212,7 +216,14 @@ class AttemptLimits:
                                   hard=limits.time_limit, on_soft=soft_limit_passed)
         if requested and run.timed_out:  # the hard limit's failure is retried, not taken for a cancel
             self._store(lambda store: store.withdraw_stop(task, requested[0]))
+        if requested and run.result.is_cancelled:
+            return TaskResult.cancelled(soft_limit_cancel_message(limits.soft_time_limit or 0.0)), None
         return run.result, run.traceback
+
+    def cancelled_result(self, task: TaskInfo) -> TaskResult:
+        """The outcome of a thread-run attempt that stopped on a cancel request (operator or soft limit)."""
+        seconds = self._soft_stopped.pop((task.id, task.claim_token), None)
+        return TaskResult.cancelled() if seconds is None else TaskResult.cancelled(soft_limit_cancel_message(seconds))
 
     # -- thread-run attempts ------------------------------------------------------------------
 
@@ -232,12 +243,18 @@ class AttemptLimits:
             self.watchdog.at(started + limits.soft_time_limit, watch, self._soft_limit_passed)
         if limits.time_limit is not None:
             self.watchdog.at(started + limits.time_limit, watch, self._hard_limit_passed)
+        stopped = False
         try:
             yield
+        except TaskCancelled:
+            stopped = True
+            raise
         finally:
             with watch.lock:
                 watch.done = True
                 over = watch.over
+            if stopped and not over and watch.requested_at is not None and limits.soft_time_limit is not None:
+                self._soft_stopped[(task.id, task.claim_token)] = limits.soft_time_limit  # read by cancelled_result
             if over:
                 watch.settled.wait(SETTLE_TIMEOUT)
                 if watch.requested_at is not None:
@@ -294,6 +311,11 @@ class AttemptLimits:
             children, self._children = self._children, None
         if children is not None:
             children.close()
+
+
+def soft_limit_cancel_message(seconds: float) -> str:
+    """The error of an attempt that stopped when its soft limit asked it to."""
+    return f"cancelled: soft time limit of {seconds:g} s passed"
 
 
 def soft_limit_message(seconds: float) -> str:
