@@ -137,14 +137,14 @@ def test_console_bulk_preview_then_apply(app: Flask) -> None:
     preview = client.get(f"/tasks/bulk?scope=selected&{ids}", headers=htmx("bulk-panel"))
     assert preview.status_code == 200 and "<html" not in preview.text
     assert re.search(r'id="bulk-total">3<', preview.text)
-    assert 'id="bulk-cancel"' in preview.text and "Cancel 2 task(s)" in preview.text
-    assert 'id="bulk-retry"' in preview.text and "Retry 1 task(s)" in preview.text
+    assert 'id="bulk-cancel"' in preview.text and "Cancel 2 tasks" in preview.text
+    assert 'id="bulk-retry"' in preview.text and "Retry 1 task" in preview.text and "Retry 1 tasks" not in preview.text
     assert "hx-confirm=" in preview.text
 
     data = {"csrf_token": token, "action": "cancel", "scope": "selected", "ids": [*map(str, pending), *map(str, failed)]}
     applied = client.post("/tasks/bulk", data=data, headers=htmx("bulk-panel"))
     assert applied.status_code == 200 and "<html" not in applied.text
-    assert "2 task(s) cancelled; 1 left unchanged" in applied.text
+    assert "2 tasks cancelled; 1 left unchanged" in applied.text
     assert applied.headers["HX-Trigger"] == "tasks-changed"
 
     after = client.get(f"/tasks/bulk?scope=selected&{ids}", headers=htmx("bulk-panel")).text
@@ -152,13 +152,13 @@ def test_console_bulk_preview_then_apply(app: Flask) -> None:
 
     # All matching the filter, without JavaScript: a full page, then a redirect back to the list.
     page = client.get("/tasks/bulk?scope=matching&status=FAILURE")
-    assert page.status_code == 200 and "<html" in page.text and "match the filter" in page.text
+    assert page.status_code == 200 and "<html" in page.text and "task matches the filter" in page.text
     done = client.post("/tasks/bulk", data={"csrf_token": token, "action": "retry", "scope": "matching",
                                             "status": "FAILURE"})
     assert done.status_code == 303 and done.headers["Location"] == "/tasks?status=FAILURE"
     with app.app_context():
         assert statuses(failed) == ["PENDING"]
-    assert "1 task(s) sent back to PENDING." in client.get("/tasks").text
+    assert "1 task sent back to PENDING." in client.get("/tasks").text
 
 
 def test_console_bulk_refuses_bad_requests(app: Flask) -> None:

@@ -179,7 +179,7 @@ def test_console_actions_history_and_backfill(web_app: Flask) -> None:
     preview = client.post("/schedules/s1/backfill", data={"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:05:00Z",
                                                           "preview": "1", "csrf_token": token},
                           headers=htmx("schedule-backfill"))
-    assert preview.status_code == 200 and "6 slot(s) without a run" in preview.get_data(as_text=True)
+    assert preview.status_code == 200 and "6 slots without a run" in preview.get_data(as_text=True)
     assert count(web_app, AsyncTask) == 1  # a preview creates nothing
     made = client.post("/schedules/s1/backfill", data={"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:05:00Z",
                                                        "csrf_token": token})

@@ -87,7 +87,7 @@ def test_operators_cancel_and_retry_from_the_page_and_it_is_audited(app):
     answer = client.post(f"/workflows/{submitted.workflow_id}/cancel", data={"csrf_token": csrf})
     assert answer.status_code == 303
     after = client.get(answer.headers["Location"]).get_data(as_text=True)
-    assert "4 task(s) that had not started" in after and 'data-status="CANCELLED"' in after
+    assert "4 tasks that had not started" in after and 'data-status="CANCELLED"' in after
     refused = client.post(f"/workflows/{submitted.workflow_id}/cancel", data={"csrf_token": csrf})
     assert refused.status_code == 409 and "cannot cancel workflow" in refused.get_data(as_text=True)
     assert client.post(f"/workflows/{submitted.workflow_id}/retry", data={"csrf_token": csrf}).status_code == 303

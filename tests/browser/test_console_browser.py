@@ -176,10 +176,10 @@ def test_bulk_cancel_keeps_selection_across_refreshes(page: Any, live_console: L
 
     page.click("#bulk-selected")
     expect(page.locator("#bulk-total")).to_have_text("2")
-    expect(page.locator("#bulk-cancel")).to_contain_text("Cancel 2 task(s)")
+    expect(page.locator("#bulk-cancel")).to_contain_text("Cancel 2 tasks")
     expect(page.locator("#bulk-retry")).to_have_count(0)  # only the actions that apply
     page.click("#bulk-cancel")
-    expect(page.locator("#bulk-panel")).to_contain_text("2 task(s) cancelled")
+    expect(page.locator("#bulk-panel")).to_contain_text("2 tasks cancelled")
     expect(page.locator(f"#task-{ids[0]}")).to_have_attribute("data-status", "CANCELLED")
     expect(page.locator(f"#task-{ids[1]}")).to_have_attribute("data-status", "CANCELLED")
     expect(page.locator(f"#task-{ids[2]}")).to_have_attribute("data-status", "PENDING")

@@ -16,6 +16,7 @@ from flask import Blueprint, Flask, Response
 from ..accounts.login_counters import counter_store
 from ..accounts.throttle import LoginThrottle
 from . import account, admin, auth, clock, exports, i18n, new_task, notifications, schedules, views
+from .event_messages import register as register_event_messages
 from .formatting import register as register_formatting
 from .history import bp as history_bp
 from .sessions import current_user, load_current_user
@@ -71,6 +72,7 @@ def init_console(app: Flask) -> None:
         app.register_blueprint(blueprint)
     register_formatting(app)
     clock.register(app)
+    register_event_messages(app)
     i18n.init_i18n(app)
     app.before_request(load_current_user)
     app.before_request(auth.refuse_nul_characters)

@@ -24,7 +24,7 @@ from flask import (
     request,
     url_for,
 )
-from flask_babel import gettext
+from flask_babel import gettext, ngettext
 from werkzeug.datastructures import MultiDict
 
 from ..accounts.models import Role
@@ -233,7 +233,7 @@ def backfill_schedule(name: str) -> Response:
     if request.form.get("preview"):
         return _backfill_answer(schedule, start, end, slots=slots)
     runs = service.backfill(name, start, end, actor=actor_name())
-    flash(gettext("Backfill created %(count)s task(s).", count=len(runs)), "info")
+    flash(ngettext("Backfill created %(num)s task.", "Backfill created %(num)s tasks.", len(runs)), "info")
     target = url_for("schedules.schedule_detail", name=name)
     if is_htmx():  # the confirmed button: htmx loads the page afresh instead of swapping a part
         response = make_response("", 200)

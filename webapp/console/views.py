@@ -22,7 +22,7 @@ from flask import (
     request,
     url_for,
 )
-from flask_babel import gettext
+from flask_babel import gettext, ngettext
 from werkzeug.exceptions import NotFound
 
 from ..accounts.models import Role
@@ -145,7 +145,7 @@ def tasks() -> Response:
     context = _task_list_context(query)
     status = 400 if query.errors else 200
     response = render("tasks.html", {"task-results": "partials/task_results.html",
-                                     "task-rows": "partials/task_rows.html"}, status, **context)
+                                     "task-rows": "partials/task_rows_live.html"}, status, **context)
     if hx_target() == "task-results":
         # The canonical URL (API parameter names, no empty fields) goes into the address bar.
         response.headers["HX-Push-Url"] = "false" if query.errors else context["list_url"]
@@ -345,8 +345,9 @@ def bulk_apply() -> Response:
     action = parse_action(request.form.get("action"))
     selection, query = _bulk_selection(request.form)
     result = BulkOperations().apply(selection, action, actor_name())
-    message = (gettext("%(count)s task(s) cancelled", count=result.changed) if action.value == "cancel"
-               else gettext("%(count)s task(s) sent back to PENDING", count=result.changed))
+    message = (ngettext("%(num)s task cancelled", "%(num)s tasks cancelled", result.changed)
+               if action.value == "cancel"
+               else ngettext("%(num)s task sent back to PENDING", "%(num)s tasks sent back to PENDING", result.changed))
     if result.unchanged:
         message += gettext("; %(count)s left unchanged (their status no longer allowed it)", count=result.unchanged)
     message += gettext(".")

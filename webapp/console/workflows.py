@@ -9,7 +9,7 @@ its workflow, parents and children through the ``workflow_relations`` template g
 from __future__ import annotations
 
 from flask import Response, flash, make_response, redirect, request, url_for
-from flask_babel import gettext
+from flask_babel import ngettext
 
 from ..accounts.models import Role
 from ..tasks import AsyncTaskService
@@ -68,9 +68,11 @@ def workflow_action(workflow_id: int, action: str) -> Response:
     service = AsyncTaskService()
     if action == "cancel":
         count = service.cancel_workflow(workflow_id, actor=actor_name())
-        flash(gettext("Workflow %(id)s cancelled: %(count)s task(s) that had not started.", id=workflow_id,
-                      count=count), "info")
+        flash(ngettext("Workflow %(id)s cancelled: %(num)s task that had not started.",
+                       "Workflow %(id)s cancelled: %(num)s tasks that had not started.", count, id=workflow_id),
+              "info")
     else:
         count = service.retry_workflow(workflow_id, actor=actor_name())
-        flash(gettext("Workflow %(id)s retried: %(count)s task(s) run again.", id=workflow_id, count=count), "info")
+        flash(ngettext("Workflow %(id)s retried: %(num)s task run again.",
+                       "Workflow %(id)s retried: %(num)s tasks run again.", count, id=workflow_id), "info")
     return make_response(redirect(url_for("workflows.workflow_page", workflow_id=workflow_id), 303))
