@@ -169,28 +169,45 @@ def _describe(where: str, violation: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.parametrize("theme", ["light", "dark"])
-def test_no_serious_or_critical_violation_on_any_page(browser: Any, live_console: LiveConsole,
-                                                      seeded: dict[str, str], theme: str) -> None:
+def _check_pages(browser: Any, live_console: LiveConsole, pages: dict[str, str], theme: str,
+                 locale: str = "en-US") -> list[str]:
+    """Visit ``pages`` in order (those before "overview" logged out, then as the admin) and
+    answer their serious and critical violations, described."""
     problems = BrowserProblems()
-    context = open_context(browser, live_console, problems, color_scheme=theme)
+    context = open_context(browser, live_console, problems, color_scheme=theme, locale=locale)
     # Into every page before its own scripts, through the browser (a script tag would break the CSP).
     context.add_init_script(script=AXE_SCRIPT.read_text(encoding="utf-8"))
     found: list[str] = []
     checked: list[str] = []
     try:
         page = context.new_page()
-        for name, path in seeded.items():
-            if name == "overview":  # the pages before it are seen logged out
+        for name, path in pages.items():
+            if name == "overview":
                 log_in(page, ADMIN)
             page.goto(path)
             page.wait_for_load_state("load")
             assert page.evaluate("matchMedia('(prefers-color-scheme: dark)').matches") == (theme == "dark")
-            found += [_describe(f"{theme} {name} ({path})", violation) for violation in _axe_violations(page)
-                      if violation["impact"] in BLOCKING]
+            assert page.evaluate("document.documentElement.lang").startswith(locale[:2]), path
+            found += [_describe(f"{theme} {locale} {name} ({path})", violation)
+                      for violation in _axe_violations(page) if violation["impact"] in BLOCKING]
             checked.append(name)
     finally:
         context.close()
-    assert checked == list(seeded)
-    assert found == [], f"{len(found)} serious or critical axe violation(s):\n" + "\n".join(found)
+    assert checked == list(pages)
     assert problems.page_errors == [], problems.page_errors
+    return found
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_no_serious_or_critical_violation_on_any_page(browser: Any, live_console: LiveConsole,
+                                                      seeded: dict[str, str], theme: str) -> None:
+    found = _check_pages(browser, live_console, seeded, theme)
+    assert found == [], f"{len(found)} serious or critical axe violation(s):\n" + "\n".join(found)
+
+
+def test_the_chinese_pages_too(browser: Any, live_console: LiveConsole, seeded: dict[str, str]) -> None:
+    """Other words, other widths, the page's language (lang="zh-Hans"): the main pages again."""
+    pages = {name: seeded[name] for name in ("login", "overview", "tasks", "task failed", "task running",
+                                              "notifications", "tokens", "schedule", "workflow", "new task form")}
+    found = _check_pages(browser, live_console, pages, "light", locale="zh-CN")
+    assert found == [], f"{len(found)} serious or critical axe violation(s):\n" + "\n".join(found)
