@@ -35,6 +35,8 @@ LAZY_IMPORTS_ALLOWED: dict[tuple[str, str], str] = {
     ("webapp.tasks.direct", "psycopg.rows"): "with psycopg, on PostgreSQL only",
     ("webapp.tasks.wakeup", "psycopg"): "heavy: only PostgreSQL's LISTEN thread needs psycopg",
     ("webapp.health", "webapp.metrics"): "heavy (prometheus_client): only the /metrics view needs it",
+    ("webapp.tasks.consumer", "apscheduler.schedulers.background"): "only a running consumer needs APScheduler, "
+                                                                   "not every command that builds the app",
     ("webapp.config", "yaml"): "only an ASYNC_TASK_CONFIG_FILE needs a YAML parser, not every start",
     ("webapp.schedules.setting", "yaml"): "only a schedules file needs a YAML parser, not every start",
 }

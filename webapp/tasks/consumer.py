@@ -30,9 +30,8 @@ import time
 import traceback as tb_module
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from apscheduler.schedulers.background import BackgroundScheduler
 from flask import Flask
 from sqlalchemy.engine import make_url
 
@@ -54,6 +53,9 @@ from .registry import payload_from_json
 from .service import WAKE_CHANNEL, AsyncTaskService, FinishedAttempt, FinishOutcome
 from .time_limits import AttemptLimits
 from .wakeup import PostgresListener, SQLiteWatcher
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,9 @@ class Consumer(ClaimPool[TaskInfo]):
         self.notifier = NotificationDispatcher(self.app, settings=self.settings).start()
         if self.listen:
             self._start_wakeup_source()
+        # Imported here: only a running consumer needs APScheduler, not every command that builds the app.
+        from apscheduler.schedulers.background import BackgroundScheduler
+
         scheduler = BackgroundScheduler(timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1,
                                                                     "misfire_grace_time": None})
         now = datetime.now(UTC)
