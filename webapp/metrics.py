@@ -43,6 +43,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from .extensions import db
 from .history_metrics import HistoryCollector
+from .limit_metrics import LimitCollector
 from .tasks.models import (
     WAITING_STATUSES,
     AsyncTask,
@@ -301,6 +302,7 @@ def render_metrics(session: Session | None = None) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(collect_snapshot(session)))  # type: ignore[arg-type]
     registry.register(HistoryCollector(session))  # type: ignore[arg-type]
+    registry.register(LimitCollector(session))  # type: ignore[arg-type]  # flow control (limit_metrics.py)
     return generate_latest(registry)
 
 

@@ -15,7 +15,19 @@ from flask import Blueprint, Flask, Response
 
 from ..accounts.login_counters import counter_store
 from ..accounts.throttle import LoginThrottle
-from . import account, admin, auth, clock, exports, i18n, new_task, notifications, schedules, views
+from . import (
+    account,
+    admin,
+    auth,
+    clock,
+    exports,
+    i18n,
+    limits,
+    new_task,
+    notifications,
+    schedules,
+    views,
+)
 from .event_messages import register as register_event_messages
 from .formatting import register as register_formatting
 from .history import bp as history_bp
@@ -28,6 +40,7 @@ CONSOLE_BLUEPRINTS: tuple[Blueprint, ...] = (
     views.bp,
     notifications.bp,
     schedules.bp,
+    limits.bp,
     workflows_bp,
     history_bp,
     exports.bp,

@@ -38,7 +38,7 @@ from ..tasks.masking import (
     secret_values,
     sensitive_fields_for,
 )
-from ..tasks.models import AsyncTask, utcnow
+from ..tasks.models import WAITING_STATUSES, AsyncTask, utcnow
 from ..tasks.queries import ALL_TYPES, TaskPage
 from ..tasks.serialize import task_to_dict
 from ..tasks.service import AsyncTaskService
@@ -132,6 +132,9 @@ def _task_list_context(query: TaskQuery) -> dict[str, Any]:
                     for task in page.items}
         if search else {},
         "live": any(not stats.is_terminal(task.status) for task in page.items),
+        # Why waiting rows have not started (a limit at its ceiling, a pause): a few queries a page.
+        "waiting": AsyncTaskService().waiting_reasons(
+            [task.id for task in page.items if task.status in WAITING_STATUSES]),
         "selected": _selected_ids(),
         "task_types": current_app.extensions["async_task"].registry.task_types(),
         "list_url": query.url(query.cursor),
@@ -202,6 +205,8 @@ def _detail_context(task: AsyncTask, message: str | None = None, level: str = "i
         "notifications_live": (not stats.is_terminal(task.status)
                                or any(n.status == "PENDING" for n in notifications)),
         "live": not stats.is_terminal(task.status),
+        "waiting": (AsyncTaskService().waiting_reasons([task.id]).get(task.id)
+                    if task.status in WAITING_STATUSES else None),
         **task_actions(task),
         "lineage": lineage_of(task, events),
         "message": message,
@@ -379,6 +384,7 @@ def task_types() -> Response:
     counts = stats.type_status_counts_at_scale()
     claiming = claiming_state()
     paused = set(claiming["types"])
+    limits = {item["task_type"]: item for item in AsyncTaskService().limits_overview()}
     processors = []
     for processor in registry:
         task_type = processor.get_task_type()
@@ -390,6 +396,7 @@ def task_types() -> Response:
             "counts": counts.pop(task_type, None),
             # Its own switch; the '*' switch (everything paused) is shown above the table.
             "paused": task_type in paused,
+            "limits": limits.get(task_type),  # concurrency, rate, time limits, isolation (with overrides)
         })
     return render("task_types.html", {}, processors=processors, unregistered=counts, claiming=claiming)
 
