@@ -94,14 +94,15 @@ class AsyncRunner:
         ready.wait(LOOP_START_TIMEOUT)
         return self
 
-    def submit(self, task: TaskInfo) -> None:
-        """Start ``task``'s attempt on the loop (from any thread; never blocks)."""
-        self.loop.call_soon_threadsafe(self._spawn, task)
+    def submit(self, tasks: list[TaskInfo]) -> None:
+        """Start the attempts of ``tasks`` on the loop (from any thread; never blocks)."""
+        self.loop.call_soon_threadsafe(self._spawn, tasks)
 
-    def _spawn(self, task: TaskInfo) -> None:
-        attempt = self.loop.create_task(self._attempt(task), name=f"task-{task.id}")
-        self._attempts.add(attempt)
-        attempt.add_done_callback(self._attempts.discard)
+    def _spawn(self, tasks: list[TaskInfo]) -> None:
+        for task in tasks:
+            attempt = self.loop.create_task(self._attempt(task), name=f"task-{task.id}")
+            self._attempts.add(attempt)
+            attempt.add_done_callback(self._attempts.discard)
 
     def stop(self, timeout: float) -> int:
         """Cancel the attempts still running, wait up to ``timeout`` for them to unwind, end the loop.

@@ -236,9 +236,9 @@ class Consumer(ClaimPool[TaskInfo]):
         """Claim due tasks of async types, for the event loop."""
         return self._claim_of(wanted, self._async_types)
 
-    def start_side(self, item: TaskInfo) -> None:
+    def start_side(self, items: list[TaskInfo]) -> None:
         assert self._async_runner is not None  # side_capacity is 0 without it
-        self._async_runner.submit(item)
+        self._async_runner.submit(items)
 
     def _claim_of(self, wanted: int, task_types: list[str] | None) -> list[TaskInfo]:
         """Claim due tasks for this worker and take their Redis locks; the ones it may run."""
