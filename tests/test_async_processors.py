@@ -78,6 +78,8 @@ def test_success_runs_on_the_event_loop_with_its_own_context(async_app):
     assert {procs.SEEN[i]["thread"] for i in echo} == {"task-async-loop"}
     assert all(procs.SEEN[i]["context_task"] == i for i in echo)
     assert consumer.processed == 6
+    with async_app.app_context():  # the worker row counts its async slots with its threads
+        assert [w.concurrency for w in AsyncTaskService().workers()] == [1 + 100]
 
 
 def test_failure_is_retried_by_the_policy(async_app):

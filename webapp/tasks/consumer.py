@@ -119,9 +119,12 @@ class Consumer(ClaimPool[TaskInfo]):
 
     def start(self) -> Consumer:
         """Register the worker, start the threads, the wake-up source and the scheduled jobs."""
+        self._thread_types, self._async_types = split_task_types(self.engine.registry, self.task_types)
+        if self._async_types:  # async processors get an event loop and a claim lane of their own
+            self.side_capacity = self.settings.async_concurrency
         with self.app.app_context():
             AsyncTaskService().register_worker(self.worker_id, socket.gethostname(), os.getpid(),
-                                               self.concurrency, self.heartbeat_interval)
+                                               self.slots, self.heartbeat_interval)
             if db.engine.dialect.name == "postgresql" and self.settings.direct_connections:
                 # The dispatcher's claims and the finisher's success batches each get a connection
                 # of their own in autocommit: one round trip a statement (see direct.py).
@@ -133,9 +136,7 @@ class Consumer(ClaimPool[TaskInfo]):
         finisher = threading.Thread(target=self._finish_loop, name="task-finisher", daemon=True)
         finisher.start()
         self._finisher = finisher
-        self._thread_types, self._async_types = split_task_types(self.engine.registry, self.task_types)
-        if self._async_types:  # async processors get an event loop and a claim lane of their own
-            self.side_capacity = self.settings.async_concurrency
+        if self._async_types:
             self._async_runner = AsyncRunner(self).start()
         self.start_threads("task-worker", "task-dispatcher")
         self.attempt_limits.start()
@@ -222,6 +223,11 @@ class Consumer(ClaimPool[TaskInfo]):
         self.started = False
         log.info("consumer %s stopped", self.worker_id)
         return released
+
+    @property
+    def slots(self) -> int:
+        """Attempts it runs at once, the worker row's concurrency: threads plus async slots."""
+        return self.concurrency + self.side_capacity
 
     def _is_idle(self) -> bool:
         return self._inflight == 0 and self._unwritten == 0
@@ -453,7 +459,7 @@ class Consumer(ClaimPool[TaskInfo]):
                               "of tasks recovered meanwhile will be refused by their fencing token.",
                               self.worker_id)
                     AsyncTaskService().revive_worker(self.worker_id, socket.gethostname(), os.getpid(),
-                                                     self.concurrency, self.heartbeat_interval)
+                                                     self.slots, self.heartbeat_interval)
                 self._release_forgotten_attempts()
             except Exception as exc:
                 if is_lost_connection(exc):  # the pool reconnects at the next beat
