@@ -215,3 +215,12 @@ def test_a_run_passes_while_another_process_holds_the_mark(make_app):
             assert HistoryWriter().run(NOW) is None
             other.rollback()
         assert HistoryWriter().run(NOW) is not None
+
+
+def test_a_missing_mark_is_put_back_and_the_next_run_aggregates(ctx):
+    db.session.execute(delete(TaskStatMark))
+    db.session.commit()
+    assert HistoryWriter().run(NOW) is None
+    write_scenario()
+    run = HistoryWriter().run(NOW)
+    assert run is not None and run.minute_rows == 3

@@ -23,6 +23,7 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
 from .history_models import HOUR, MINUTE, TaskStat, TaskStatMark
@@ -108,7 +109,12 @@ class HistoryWriter(TaskStore):
         mark = self.session.execute(self.skip_locked(
             select(TaskStatMark.next_minute, TaskStatMark.event_floor).where(TaskStatMark.name == MARK))).first()
         if mark is None:
+            # Locked by another process's run, or gone (a restored or truncated table): put it back
+            # for the next run (the migration wrote it; a concurrent re-insert loses harmlessly).
+            missing = self.session.scalar(select(TaskStatMark.name).where(TaskStatMark.name == MARK)) is None
             self.session.rollback()
+            if missing:
+                self._recreate_mark()
             return None
         end = floor_minute(now - SETTLE)
         if mark.next_minute is None:
@@ -134,6 +140,14 @@ class HistoryWriter(TaskStore):
         deleted = self._drop_older_than(now - KEEP)
         self.session.commit()
         return HistoryRun(start, end, minute_rows, hour_rows, deleted)
+
+    def _recreate_mark(self) -> None:
+        self.begin_write()
+        try:
+            self.session.execute(insert(TaskStatMark).values(name=MARK, next_minute=None, event_floor=0))
+            self.session.commit()
+        except IntegrityError:
+            self.session.rollback()
 
     def _roll_up(self, before: datetime) -> int:
         """Merge the minutes of every whole hour before ``before`` into hour rows; the hour rows written."""
