@@ -141,5 +141,16 @@ def upgrade_schema() -> bool:
         return False
     from flask_migrate import upgrade
 
-    upgrade()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        upgrade()
+    finally:
+        # migrations/env.py applies alembic.ini's logging to the whole process (fileConfig): the
+        # server started next keeps the app's own log format (text or JSON lines) instead.
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
     return True
