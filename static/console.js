@@ -190,9 +190,18 @@
   });
 })();
 
-// Language and clock switches: with JavaScript, a choice applies at once.
+// Language and clock switches: with JavaScript, a choice applies at once, and brings the operator
+// back to the page as it is now (filters applied through htmx are in the address bar, not in the
+// "next" the page was rendered with).
 (function () {
   "use strict";
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!(form instanceof HTMLFormElement) ||
+        !(form.classList.contains("lang-switch") || form.classList.contains("clock-switch"))) return;
+    var next = form.querySelector("input[name='next']");
+    if (next) next.value = location.pathname + location.search;
+  }, true);
   document.addEventListener("change", function (event) {
     var target = event.target;
     if (target instanceof HTMLSelectElement && target.form &&
