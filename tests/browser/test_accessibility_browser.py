@@ -8,6 +8,7 @@ preference (``prefers-color-scheme``), which the browser context emulates.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -41,6 +42,8 @@ AXE_SCRIPT = files("axe_playwright_python").joinpath("axe.min.js")
 BLOCKING = ("serious", "critical")
 FAR_FUTURE = "2999-01-01T00:00:00Z"
 SQLITE_LOCK_ATTEMPTS = 5
+# A date, or a date and time, as HTML (and the W3C validator) accepts it: at most three fraction digits.
+HTML_DATETIME = re.compile(r"\d{4}-\d\d-\d\d([T ]\d\d:\d\d(:\d\d(\.\d{1,3})?)?(Z|[+-]\d\d:?\d\d)?)?")
 
 
 def _status(live: LiveConsole, task_id: int) -> str:
@@ -172,13 +175,14 @@ def _describe(where: str, violation: dict[str, Any]) -> str:
 def _check_pages(browser: Any, live_console: LiveConsole, pages: dict[str, str], theme: str,
                  locale: str = "en-US") -> list[str]:
     """Visit ``pages`` in order (those before "overview" logged out, then as the admin) and
-    answer their serious and critical violations, described."""
+    answer their serious and critical violations, described (and any malformed ``<time datetime>``)."""
     problems = BrowserProblems()
     context = open_context(browser, live_console, problems, color_scheme=theme, locale=locale)
     # Into every page before its own scripts, through the browser (a script tag would break the CSP).
     context.add_init_script(script=AXE_SCRIPT.read_text(encoding="utf-8"))
     found: list[str] = []
     checked: list[str] = []
+    times_seen = 0
     try:
         page = context.new_page()
         for name, path in pages.items():
@@ -190,10 +194,15 @@ def _check_pages(browser: Any, live_console: LiveConsole, pages: dict[str, str],
             assert page.evaluate("document.documentElement.lang").startswith(locale[:2]), path
             found += [_describe(f"{theme} {locale} {name} ({path})", violation)
                       for violation in _axe_violations(page) if violation["impact"] in BLOCKING]
+            times = page.eval_on_selector_all("time[datetime]", "all => all.map(t => t.dateTime)")
+            found += [f"{name} ({path}): <time datetime={value!r}> is not a valid HTML date and time"
+                      for value in times if not HTML_DATETIME.fullmatch(value)]
+            times_seen += len(times)
             checked.append(name)
     finally:
         context.close()
     assert checked == list(pages)
+    assert times_seen > 0  # the datetime check saw something
     assert problems.page_errors == [], problems.page_errors
     return found
 
