@@ -23,7 +23,9 @@ TERMINAL = ("SUCCESS", "FAILURE", "CANCELLED")
 
 
 def _app(make_app, backend: str, **config) -> Flask:
-    return make_app(backend, ASYNC_TASK_PROCESSORS=PROCESSORS, **config)
+    # Spinning children take whole cores of a small machine: beats of 2 s keep a slow heartbeat
+    # from passing for a dead worker, whose tasks recovery would take back mid-attempt.
+    return make_app(backend, ASYNC_TASK_PROCESSORS=PROCESSORS, ASYNC_TASK_HEARTBEAT_INTERVAL=2, **config)
 
 
 def _start(app: Flask, concurrency: int = 2) -> Consumer:

@@ -42,7 +42,10 @@ def test_workers_survive_hung_and_crashing_children(make_app, pool, tmp_path):
     app = make_app("postgres", ASYNC_TASK_PROCESSORS=PROCESSORS.split(","))
     env = worker_environment(app.config["SQLALCHEMY_DATABASE_URI"], redis_url=None,
                              lock_prefix=f"isolation-{uuid.uuid4().hex[:8]}:", run_log=tmp_path / "runs.log",
-                             tmp_path=tmp_path, ASYNC_TASK_PROCESSORS=PROCESSORS, ASYNC_TASK_POLL_INTERVAL="0.1")
+                             tmp_path=tmp_path, ASYNC_TASK_PROCESSORS=PROCESSORS, ASYNC_TASK_POLL_INTERVAL="0.1",
+                             # Spinning children take whole cores of a small machine: beats of 2 s keep a
+                             # slow heartbeat from passing for a dead worker.
+                             ASYNC_TASK_HEARTBEAT_INTERVAL="2")
     for name in ("w0", "w1"):
         pool.start_worker(name, env, concurrency=3)
 
@@ -78,7 +81,7 @@ def test_workers_survive_hung_and_crashing_children(make_app, pool, tmp_path):
     later = [_submit_noop(app) for _ in range(4)]
     wait_until(lambda: (pool.assert_alive(), _count(app, AsyncTask.id.in_(later), AsyncTask.status == "SUCCESS")
                         == len(later))[1], timeout=30, message="tasks after the crashes")
-    assert running()
+    wait_until(running, timeout=30, interval=0.3, message="both workers running")
 
 
 def _submit_noop(app: Flask) -> int:

@@ -138,11 +138,11 @@ class ChildPool:
         while True:
             due = [at for at in (soft_at, hard_at) if at is not None]
             timeout = max(0.0, min(due) - time.monotonic()) if due else None
-            if child.conn.poll(timeout):
-                try:
-                    reply = child.conn.recv()
-                except (EOFError, OSError):
-                    return self._died(child)
+            try:
+                reply = child.conn.recv() if child.conn.poll(timeout) else None
+            except (EOFError, OSError):  # the child died (or the worker closed it on shutdown)
+                return self._died(child)
+            if reply is not None:
                 return self._answered(child, reply)
             now = time.monotonic()
             if hard_at is not None and hard is not None and now >= hard_at:
@@ -303,4 +303,5 @@ def _reap(child: Child) -> None:
     if child.process.is_alive():
         child.process.kill()
         child.process.join(timeout=STOP_GRACE)
-    child.conn.close()
+    # The pipe is not closed here: the worker thread of a killed busy child may still read it
+    # (it sees the end of file); it closes when the last reference goes.
