@@ -29,7 +29,7 @@ class SpinForeverProcessor(TaskProcessor):
 
 
 class CrashProcessor(TaskProcessor):
-    """Kills its own child process: ``how`` is ``segfault`` or ``exit``; retried once."""
+    """Kills its own child process: ``how`` is ``segfault``, ``sigkill`` or ``exit``; retried once."""
 
     task_type = "CRASH"
     retry_config = FAST_RETRY
@@ -37,6 +37,8 @@ class CrashProcessor(TaskProcessor):
     def process(self, task: TaskInfo, payload: dict) -> TaskResult:
         if payload.get("how") == "segfault":
             os.kill(os.getpid(), signal.SIGSEGV)
+        if payload.get("how") == "sigkill":  # what the out-of-memory killer sends
+            os.kill(os.getpid(), signal.SIGKILL)
         os._exit(1)
 
     def get_limits(self) -> TaskLimits:

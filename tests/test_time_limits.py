@@ -80,7 +80,8 @@ def test_a_spinning_child_is_killed_at_its_hard_limit_retried_and_the_worker_goe
     assert consumer.started and not consumer.stopping
 
 
-@pytest.mark.parametrize(("how", "error"), [("segfault", "killed by SIGSEGV"), ("exit", "exit code 1")])
+@pytest.mark.parametrize(("how", "error"), [("segfault", "killed by SIGSEGV"), ("exit", "exit code 1"),
+                                            ("sigkill", "killed by SIGKILL (the out-of-memory killer")])
 def test_a_child_that_crashes_fails_only_its_attempt(make_app, backend, how, error):
     app = _app(make_app, backend)
     _start(app)
