@@ -185,6 +185,12 @@ def test_series_has_one_bar_per_step_and_totals_the_range(ctx, key):
     assert len(data.points) == chosen.bars
     assert data.points[0].start == data.start and data.start + chosen.span > NOW
     assert (data.total.started, data.total.succeeded, data.total.failed, data.total.retried) == (7, 5, 1, 1)
+    # Merged over types and minutes: p50 weighted by runs, p95 and max the highest.
+    assert data.total.run_count == 7
+    assert data.total.run_p50_ms == pytest.approx((5 * 300 + 1000 + 2000) / 7, abs=0.01)
+    assert data.total.run_p95_ms == pytest.approx(8080, abs=0.01)
+    assert data.total.run_max_ms == pytest.approx(10_000, abs=0.01)
+    assert data.total.wait_count == 6 and data.total.wait_p95_ms == pytest.approx(7000, abs=0.01)
     only_beta = series(chosen, "beta", now=NOW)
     assert only_beta.total.started == 2 and only_beta.total.succeeded == 0
 

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from ..extensions import db
 from .errors import ValidationError
 from .history import floor_minute, merge_figures
-from .history_models import MINUTE, TaskStat, TaskStatMark
+from .history_models import HOUR, MINUTE, TaskStat, TaskStatMark
 from .history_sql import StatFigures
 from .models import WAITING_STATUSES, AsyncTask, utcnow
 
@@ -80,21 +80,48 @@ def _align(moment: datetime, step: timedelta) -> datetime:
     return moment - ((moment - epoch) % step)
 
 
+def _periods(task_type: str | None, start: datetime, end: datetime) -> Select[Any]:
+    """The stored periods in ``[start, end)``, every type's rows of a period merged by the database.
+
+    Sums and maxima are plain aggregates; a p50 comes back as its sum weighted by the count
+    (divided below), so the merge is ``merge_figures``' own and the rows read are one a period,
+    not one a period and type.
+    """
+    c = TaskStat.__table__.c
+    query = select(
+        c.period_start, func.sum(c.started).label("started"), func.sum(c.succeeded).label("succeeded"),
+        func.sum(c.failed).label("failed"), func.sum(c.retried).label("retried"),
+        func.sum(c.run_count).label("run_count"), func.sum(c.run_p50_ms * c.run_count).label("run_p50_sum"),
+        func.max(c.run_p95_ms).label("run_p95_ms"), func.max(c.run_max_ms).label("run_max_ms"),
+        func.sum(c.wait_count).label("wait_count"), func.sum(c.wait_p50_ms * c.wait_count).label("wait_p50_sum"),
+        func.max(c.wait_p95_ms).label("wait_p95_ms"),
+    ).where(c.period_seconds.in_((MINUTE, HOUR)), c.period_start >= start, c.period_start < end)
+    if task_type is not None:
+        query = query.where(c.task_type == task_type)
+    return query.group_by(c.period_start)
+
+
+def _mean(weighted_sum: Any, count: int) -> float | None:
+    return float(weighted_sum) / count if weighted_sum is not None and count else None
+
+
 def series(chosen: HistoryRange, task_type: str | None = None, now: datetime | None = None,
            session: Session | None = None) -> HistorySeries:
     """Figures of every step of ``chosen`` ending now, for one task type or all of them."""
     now = now or utcnow()
     end = _align(floor_minute(now), chosen.step) + chosen.step
     start = end - chosen.span
-    table = TaskStat.__table__
-    query = select(table).where(table.c.period_start >= start, table.c.period_start < end)
-    if task_type is not None:
-        query = query.where(table.c.task_type == task_type)
-    buckets: dict[int, list[Any]] = {}
-    for row in _session(session).execute(query):
-        index = int((row.period_start - start) / chosen.step)
-        buckets.setdefault(index, []).append(row)
     name = task_type or ALL
+    buckets: dict[int, list[StatFigures]] = {}
+    for row in _session(session).execute(_periods(task_type, start, end)):
+        period = row.period_start
+        if isinstance(period, str):  # SQLite hands a grouped column back as text
+            period = datetime.fromisoformat(period).replace(tzinfo=now.tzinfo)
+        run_count, wait_count = int(row.run_count or 0), int(row.wait_count or 0)
+        figures = StatFigures(name, period, int(row.started), int(row.succeeded), int(row.failed),
+                              int(row.retried), run_count, _mean(row.run_p50_sum, run_count), row.run_p95_ms,
+                              row.run_max_ms, wait_count, _mean(row.wait_p50_sum, wait_count), row.wait_p95_ms)
+        buckets.setdefault(int((period - start) / chosen.step), []).append(figures)
     points = [merge_figures(name, start + index * chosen.step, buckets.get(index, []))
               for index in range(chosen.bars)]
     return HistorySeries(chosen, task_type, start, points)
