@@ -301,6 +301,8 @@ class EngineSettings:
     batch_size: int
     prefetch: int
     async_concurrency: int
+    max_tasks_per_child: int
+    max_memory_per_child: int  # MiB
     poll_interval: float
     heartbeat_interval: float
     max_processing_time: float
@@ -320,8 +322,6 @@ class EngineSettings:
     mail_language: str
     base_url: str
     dev_mail_dir: str | None = None
-    max_tasks_per_child: int = 0
-    max_memory_per_child: int = 0  # MiB
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> EngineSettings:
@@ -350,8 +350,8 @@ class EngineSettings:
             mail_language=config["ASYNC_TASK_MAIL_LANGUAGE"],
             base_url=config["ASYNC_TASK_BASE_URL"],
             dev_mail_dir=config.get("ASYNC_TASK_DEV_MAIL_DIR"),
-            max_tasks_per_child=config.get("ASYNC_TASK_MAX_TASKS_PER_CHILD", 0),
-            max_memory_per_child=config.get("ASYNC_TASK_MAX_MEMORY_PER_CHILD", 0),
+            max_tasks_per_child=config["ASYNC_TASK_MAX_TASKS_PER_CHILD"],
+            max_memory_per_child=config["ASYNC_TASK_MAX_MEMORY_PER_CHILD"],
         )
 
     @property
