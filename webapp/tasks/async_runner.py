@@ -83,7 +83,8 @@ class AsyncRunner:
         self.loop = asyncio.new_event_loop()
         self._executor = ThreadPoolExecutor(EXECUTOR_THREADS, thread_name_prefix="task-async-io")
         self.loop.set_default_executor(self._executor)
-        self._attempts: set[asyncio.Task[None]] = set()  # touched on the loop thread only
+        self._attempts: set[asyncio.Task[Any]] = set()  # these two touched on the loop thread only
+        self._in_process: set[asyncio.Task[Any]] = set()  # attempts inside process(), not finishing
         self._thread: threading.Thread | None = None
 
     def start(self) -> AsyncRunner:
@@ -126,12 +127,14 @@ class AsyncRunner:
         return cancelled
 
     async def _cancel_all(self, timeout: float) -> int:
-        running = [attempt for attempt in self._attempts if not attempt.done()]
-        for attempt in running:
+        """Cancel attempts still in ``process()``; those already writing their outcome finish it."""
+        stopped = list(self._in_process)
+        for attempt in stopped:
             attempt.cancel()
-        if running:
-            await asyncio.wait(running, timeout=timeout)
-        return len(running)
+        pending = [attempt for attempt in self._attempts if not attempt.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        return len(stopped)
 
     # -- one attempt, on the loop ------------------------------------------------------------
 
@@ -174,6 +177,9 @@ class AsyncRunner:
                                       retryable=False), None, False
         context = TaskContext(self.app, task)
         enter_context(context)
+        current = asyncio.current_task()
+        if current is not None:
+            self._in_process.add(current)
         try:
             payload: Any = task.payload
             if processor.payload_type is not None:
@@ -198,6 +204,8 @@ class AsyncRunner:
                         type(exc).__name__, exc)
             return TaskResult.failure(f"{type(exc).__name__}: {exc}"), tb_module.format_exc(), True
         finally:
+            if current is not None:
+                self._in_process.discard(current)
             enter_context(None)
             if context.has_pending:
                 await asyncio.to_thread(context.flush)
