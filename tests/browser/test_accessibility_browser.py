@@ -32,7 +32,7 @@ from webapp.schedules.service import ScheduleService
 from webapp.tasks import AsyncTaskService
 from webapp.tasks.models import Notification, utcnow
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(480)]  # ~30 pages, axe on each, on a loaded machine
 
 CONSOLE_PROCESSORS = ["tests.processors", "tests.workflow_processors", "tests.a11y_processors"]
 DEV_MAIL_DIR = Path(tempfile.gettempdir()) / "taskdeck-a11y-dev-mail"
@@ -204,6 +204,7 @@ def _check_pages(browser: Any, live_console: LiveConsole, pages: dict[str, str],
     assert checked == list(pages)
     assert times_seen > 0  # the datetime check saw something
     assert problems.page_errors == [], problems.page_errors
+    assert [text for text in problems.console_errors if "Content Security Policy" in text] == []
     return found
 
 
