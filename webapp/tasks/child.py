@@ -8,6 +8,7 @@ traceback, resident bytes)``. The processor's own ``db.session`` writes are comm
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import resource
@@ -21,8 +22,10 @@ from typing import Any
 from flask import Flask
 
 from ..extensions import db
+from ..logging_setup import task_log_context
 from .attempt import TaskInfo
 from .errors import TaskCancelled
+from .masking import declared_sensitive_fields, scrub_secrets, secret_values
 from .processor import TaskProcessor, TaskResult
 from .progress import TaskContext
 from .progress import enter as enter_context
@@ -77,10 +80,13 @@ def run_in_child(app: Flask, task: TaskInfo, ref: ProcessorRef) -> tuple[Any, ..
         except Exception as exc:
             return (False, None, f"the processor of {task.task_type!r} cannot be loaded in a child "
                     f"process: {type(exc).__name__}: {exc}", False, False, None, resident_bytes())
+        secrets = secret_values(task.payload, declared_sensitive_fields(processor))
+        scrub = functools.partial(scrub_secrets, secrets=secrets) if secrets else None
         context = TaskContext(app, task)
         enter_context(context)
         try:
-            outcome = _process(processor, task)
+            with task_log_context(task, scrub):  # the child's log lines name the task, as a thread's do
+                outcome = _process(processor, task)
         finally:
             enter_context(None)
             context.flush()
