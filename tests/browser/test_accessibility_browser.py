@@ -8,6 +8,7 @@ preference (``prefers-color-scheme``), which the browser context emulates.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -35,7 +36,7 @@ from webapp.tasks.models import Notification, utcnow
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(480)]  # ~30 pages, axe on each, on a loaded machine
 
 CONSOLE_PROCESSORS = ["tests.processors", "tests.workflow_processors", "tests.a11y_processors"]
-DEV_MAIL_DIR = Path(tempfile.gettempdir()) / "taskdeck-a11y-dev-mail"
+DEV_MAIL_DIR = Path(tempfile.gettempdir()) / f"taskdeck-a11y-dev-mail-{os.getpid()}"
 CONSOLE_CONFIG = {"ASYNC_TASK_DEV_MAIL_DIR": str(DEV_MAIL_DIR)}
 ADMIN = "ada"
 AXE_SCRIPT = files("axe_playwright_python").joinpath("axe.min.js")
