@@ -163,7 +163,7 @@ class AsyncRunner:
         except asyncio.CancelledError:
             await asyncio.shield(asyncio.to_thread(_close_session, True))
             raise
-        if not db.session().in_transaction() and self.host.queue_outcome(task, result, trace):
+        if not _in_transaction() and self.host.queue_outcome(task, result, trace):
             db.session.remove()  # it holds no connection: nothing was read or written (or rolled back)
             return
         # The attempt's own writes (or their rollback) and its outcome: one transaction, off the loop.
@@ -226,6 +226,11 @@ class AsyncRunner:
             self.host.finish_attempt(AsyncTaskService(), task, result, trace)
         finally:
             db.session.remove()
+
+
+def _in_transaction() -> bool:
+    """Whether the attempt's session holds a transaction; never creates one (most attempts have none)."""
+    return db.session.registry.has() and db.session().in_transaction()
 
 
 def _close_session(remove: bool) -> None:
