@@ -56,11 +56,11 @@ def test_one_clock_switch_and_a_filter_typed_in_gmt8(browser: Any, live_console:
         tab.click("#filter-form button[type=submit]")
         expect(tab).to_have_url(re.compile(r"created_after=2026-01-01T01%3A00%3A00Z"))
         expect(tab.locator(f"#task-{task_id}")).to_be_visible()
+        screenshot(tab, "clock-local-gmt8", full_page=False)
         tab.fill("#filter-form input[name=created_after]", "2026-01-01T10:00:00")
         tab.fill("#filter-form input[name=created_before]", "2026-01-01T11:00:00")
         tab.click("#filter-form button[type=submit]")
         expect(tab.locator(f"#task-{task_id}")).to_have_count(0)
-        screenshot(tab, "clock-local-gmt8", full_page=False)
 
         # UTC: the same filter now means 10:00 to 11:00 UTC, and every time says UTC.
         tab.select_option("#clock-select", "utc")
