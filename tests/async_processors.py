@@ -197,3 +197,19 @@ class AsyncSlowProcessor(TaskProcessor):
             record(task, stopped=True)
             raise
         return TaskResult.success()
+
+
+class AsyncSoftLimitProcessor(TaskProcessor):
+    """Reports progress in a loop; its soft limit (0.5 s) asks it to stop long before the hard one."""
+
+    task_type = "ASYNC_SOFT"
+    retry_config = RetryConfig(max_retry_count=0)
+
+    def get_limits(self) -> TaskLimits:
+        return TaskLimits(soft_time_limit=0.5, time_limit=20)
+
+    async def process(self, task: TaskInfo, payload: dict) -> TaskResult:
+        for step in range(400):
+            await asyncio.sleep(0.05)
+            self.report_progress(step / 400, f"step {step}")
+        return TaskResult.success()

@@ -220,6 +220,18 @@ def test_the_hard_time_limit_stops_an_async_attempt(async_app):
     assert own_task.error.startswith("TimeoutError")  # the processor's own timeout is not the limit
 
 
+def test_the_soft_time_limit_asks_an_async_attempt_to_stop(async_app):
+    task_id = submit(async_app, "ASYNC_SOFT")[0]
+    Consumer(async_app, concurrency=1).start()
+    wait_until(lambda: statuses(async_app, [task_id]) == ["CANCELLED"], timeout=15, message="stopped")
+    task = tasks_of(async_app, [task_id])[0]
+    assert task.error == "cancelled: soft time limit of 0.5 s passed"
+    assert (task.finished_at - task.started_at).total_seconds() < 5  # not its 20 s
+    with async_app.app_context():
+        kinds = [e.kind for e in AsyncTaskService().events_for(task_id)]
+    assert kinds.count("SOFT_TIME_LIMIT") == 1
+
+
 # -- registration and settings (no database) ----------------------------------------------------
 
 

@@ -10,10 +10,11 @@ loop runs them side by side without a thread each. An attempt has what a thread-
   (``task_log_context``), both ``ContextVar``-based too;
 * the same outcome rules as ``Consumer._execute``: ``None`` or a dict is a success, an exception
   a retryable failure, ``TaskCancelled`` a cancelled attempt, anything else a non-retryable one;
-* the type's hard ``time_limit`` (``TaskLimits``): unlike a thread, a coroutine can be stopped,
-  so past it the attempt is cancelled at its current ``await`` and fails "time limit of N s
-  exceeded", retried by its policy. (The soft limit and operators' runtime overrides of the time
-  limit apply to thread-run types only.)
+* the type's time limits (``TaskLimits``, with an operator's runtime override, as
+  ``time_limits.AttemptLimits`` gives them): past the soft limit the attempt is asked to stop as
+  a thread-run one is (a cancel request and a SOFT_TIME_LIMIT event, through the same
+  watchdog); past the hard limit, unlike a thread, a coroutine can be stopped: it is cancelled at
+  its current ``await`` and fails "time limit of N s exceeded", retried by its policy.
 
 Database work: the session is synchronous, so a query run on the loop blocks every other attempt
 while it waits. Processors wrap it in ``await asyncio.to_thread(...)`` (the copied context
@@ -30,6 +31,7 @@ thread-run attempt that outlived the grace.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import threading
@@ -51,6 +53,7 @@ from .progress import TaskContext
 from .progress import enter as enter_context
 from .registry import payload_from_json
 from .service import AsyncTaskService
+from .time_limits import AttemptLimits
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ class AttemptHost(Protocol):
     """What the runner needs of its consumer (``consumer.Consumer``)."""
 
     app: Flask
+    attempt_limits: AttemptLimits
 
     def queue_outcome(self, task: TaskInfo, result: TaskResult, trace: str | None) -> bool: ...
 
@@ -185,11 +189,14 @@ class AsyncRunner:
             if processor.payload_type is not None:
                 payload = payload_from_json(processor.payload_type, task.payload)
             pending: Any = processor.process(task, payload)  # a coroutine: the registry checked it
-            time_limit = self.registry.limits_of(task.task_type).time_limit
+            limits = self.host.attempt_limits.limits_for(task)
+            time_limit = limits.time_limit
             deadline = asyncio.timeout(time_limit)
             try:
-                async with deadline:
-                    result = await pending
+                # The watchdog handles the soft limit; the hard one cancels the coroutine itself.
+                with self.host.attempt_limits.watch(task, dataclasses.replace(limits, time_limit=None), context):
+                    async with deadline:
+                        result = await pending
             except TimeoutError:
                 if time_limit is None or not deadline.expired():
                     raise  # the processor's own timeout: an ordinary exception
@@ -198,7 +205,7 @@ class AsyncRunner:
                 return TaskResult.failure(time_limit_message(time_limit)), None, True
         except TaskCancelled:
             log.info("task %s (%s) attempt %s cancelled on request", task.id, task.task_type, task.attempt)
-            return TaskResult.cancelled(), None, True
+            return self.host.attempt_limits.cancelled_result(task), None, True
         except Exception as exc:
             log.warning("task %s (%s) attempt %s raised %s: %s", task.id, task.task_type, task.attempt,
                         type(exc).__name__, exc)
