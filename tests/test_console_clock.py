@@ -68,7 +68,8 @@ def busy_app(app: Flask) -> Flask:
 def pages(app: Flask) -> list[str]:
     task_id, schedule = app.config["CLOCK_TEST"]["task_id"], app.config["CLOCK_TEST"]["schedule"]
     return ["/", "/tasks", f"/tasks/{task_id}", "/workers", "/audit", "/admin/users", "/admin/tokens",
-            "/notifications", "/schedules", f"/schedules/{schedule}", "/workflows"]
+            "/notifications", "/schedules", f"/schedules/{schedule}", "/workflows", "/task-types",
+            "/task-types/NOOP", "/history?range=24h", "/limits"]
 
 
 def test_every_page_shows_every_time_in_the_chosen_clock(busy_app: Flask) -> None:
