@@ -51,7 +51,7 @@ from .progress import TaskContext
 from .progress import enter as enter_context
 from .registry import payload_from_json
 from .service import WAKE_CHANNEL, AsyncTaskService, FinishedAttempt, FinishOutcome
-from .time_limits import AttemptLimits
+from .time_limits import AttemptLimits, TimeLimitExceeded
 from .wakeup import PostgresListener, SQLiteWatcher
 
 if TYPE_CHECKING:
@@ -430,6 +430,9 @@ class Consumer(ClaimPool[TaskInfo]):
             _discard_attempt_writes(task)  # a cancelled attempt keeps none of its writes
             log.info("task %s (%s) attempt %s cancelled on request", task.id, task.task_type, task.attempt)
             return self.attempt_limits.cancelled_result(task), None
+        except TimeLimitExceeded as exc:  # returned past its hard limit: what it did is discarded
+            _discard_attempt_writes(task)
+            return TaskResult.failure(str(exc)), None
         except Exception as exc:
             _discard_attempt_writes(task)  # the processor's own writes go with its failed attempt
             log.warning("task %s (%s) attempt %s raised %s: %s", task.id, task.task_type, task.attempt,
