@@ -12,14 +12,13 @@ from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from tests.conftest import wait_until
 from tests.console_support import htmx, logged_in_client
-from tests.test_history import reset_history
+from tests.test_history import M, reset_history, write_scenario
 from webapp.console.history_charts import history_charts
 from webapp.extensions import db
 from webapp.tasks import AsyncTaskService, TaskResult
 from webapp.tasks.consumer import Consumer
-from webapp.tasks.history import HistoryWriter, aggregate_history
+from webapp.tasks.history import SETTLE, HistoryWriter, aggregate_history
 from webapp.tasks.history_models import TaskStatMark
 from webapp.tasks.history_query import RANGES, HistorySeries
 from webapp.tasks.history_sql import StatFigures
@@ -34,10 +33,7 @@ def app(make_app, backend) -> Flask:
 
 
 def run_tasks_and_aggregate(app: Flask) -> None:
-    """Two NOOP tasks succeed and one FATAL fails, then one aggregation run a minute later."""
-    # All in one minute, so that the last aggregated minute holds every one of them.
-    wait_until(lambda: utcnow().second < 45, timeout=20, message="a minute with time left in it")
-    minute = utcnow().replace(second=0, microsecond=0)
+    """Two NOOP tasks succeed and one FATAL fails, then one aggregation run once their minute has ended."""
     with app.app_context():
         reset_history()
         service = AsyncTaskService()
@@ -47,7 +43,11 @@ def run_tasks_and_aggregate(app: Flask) -> None:
             result = (TaskResult.failure("boom", retryable=False) if claimed.task_type == "FATAL"
                       else TaskResult.success({}))
             service.finish_task(claimed, result, worker_id="test-worker")
-        HistoryWriter().run(minute + timedelta(minutes=1, seconds=30))
+        HistoryWriter().run(utcnow() + timedelta(minutes=1) + SETTLE)  # their minute has ended and settled
+
+
+TABLE_ROW = re.compile(r'<tr><td>[^<]*</td><td class="num">(\d+)</td><td class="num">(\d+)</td>'
+                       r'<td class="num">(\d+)</td><td class="num">(\d+)</td>')
 
 
 @pytest.mark.parametrize("key", list(RANGES))
@@ -64,9 +64,8 @@ def test_history_charts_render_for_every_range(app: Flask, key: str) -> None:
     svg_label = re.search(r'<svg id="history-counts"[^>]*aria-label="([^"]+)"', html)
     assert svg_label and "3 started, 2 succeeded, 1 failed, 0 retried" in svg_label.group(1)
     assert "<polyline" in html and "<title>" in html
-    table = html[html.index('id="history-figures"'):]
-    assert re.search(r'<td class="num">3</td><td class="num">2</td><td class="num">1</td><td class="num">0</td>',
-                     table)
+    rows = TABLE_ROW.findall(html[html.index('id="history-figures"'):])  # one bar, or two if a minute ended
+    assert rows and [sum(int(row[column]) for row in rows) for column in range(4)] == [3, 2, 1, 0]
     assert 'id="queue-latency"' in html and ">NOOP</a>" in html
     page = client.get(f"/history?range={key}")
     assert page.status_code == 200 and "<html" in page.text and '<svg id="history-counts"' in page.text
@@ -101,18 +100,26 @@ def test_task_type_page_shows_its_latency_and_its_history(app: Flask) -> None:
 
 
 def test_metrics_report_the_last_minute_per_type(app: Flask) -> None:
-    run_tasks_and_aggregate(app)
-    text = app.test_client().get("/metrics").text
+    with app.app_context():
+        reset_history()
+        write_scenario()  # tests/test_history.py: alpha's five runs in minute M, beta's retry
+        HistoryWriter().run(M + timedelta(minutes=1, seconds=30))  # M is the last minute aggregated
     samples = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(app.test_client().get("/metrics").text):
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    started = samples[("taskdeck_history_tasks", (("event", "started"), ("task_type", "NOOP")))]
-    failed = samples[("taskdeck_history_tasks", (("event", "failed"), ("task_type", "FATAL")))]
-    assert (started, failed) == (2, 1)
-    assert ("taskdeck_history_run_seconds", (("quantile", "0.95"), ("task_type", "NOOP"))) in samples
-    assert ("taskdeck_history_wait_seconds", (("quantile", "0.5"), ("task_type", "NOOP"))) in samples
-    assert samples[("taskdeck_history_minute_timestamp_seconds", ())] > 0
+
+    def alpha(name: str, **labels: str) -> float | None:
+        return samples.get((name, tuple(sorted({"task_type": "alpha", **labels}.items()))))
+
+    assert [alpha("taskdeck_history_tasks", event=e) for e in ("started", "succeeded", "failed", "retried")] == \
+        [5, 5, 0, 0]
+    assert alpha("taskdeck_history_run_seconds", quantile="0.5") == pytest.approx(0.3)
+    assert alpha("taskdeck_history_run_seconds", quantile="0.95") == pytest.approx(8.08)
+    assert alpha("taskdeck_history_run_seconds", quantile="1") == pytest.approx(10.0)
+    assert alpha("taskdeck_history_wait_seconds", quantile="0.95") == pytest.approx(4.8)
+    assert samples[("taskdeck_history_tasks", (("event", "retried"), ("task_type", "beta")))] == 1
+    assert samples[("taskdeck_history_minute_timestamp_seconds", ())] == M.timestamp()
 
 
 def test_a_gap_splits_a_time_line_and_a_lone_point_is_a_dot(make_app) -> None:

@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 from tests.browser.conftest import LiveConsole, screenshot
 from tests.conftest import wait_until
 from webapp.tasks import AsyncTaskService
-from webapp.tasks.history import HistoryWriter
+from webapp.tasks.history import SETTLE, HistoryWriter
 from webapp.tasks.models import utcnow
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
@@ -32,7 +32,7 @@ def test_the_range_switch_swaps_the_overview_charts(page: Any, live_console: Liv
         ids = [AsyncTaskService().submit_task("NOOP", {"n": n}).id for n in range(3)]
     wait_until(lambda: _finished(live_console, ids), timeout=60, message="three NOOP tasks succeeded")
     with live_console.app.app_context():
-        HistoryWriter().run(utcnow() + timedelta(minutes=1))  # the minute they ran in has ended
+        HistoryWriter().run(utcnow() + timedelta(minutes=1) + SETTLE)  # their minute has ended and settled
     page.goto("/")
     history = page.locator("#history")
     expect(history).to_have_attribute("data-range", "1h")
