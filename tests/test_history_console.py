@@ -94,6 +94,8 @@ def test_task_type_page_shows_its_latency_and_its_history(app: Flask) -> None:
     noop = client.get("/task-types/NOOP").text
     assert "none waiting" not in noop.split('id="type-latency"')[1].split("</div>")[0]
     assert client.get("/task-types/NO_SUCH_TYPE").status_code == 404
+    refused = client.get("/task-types/FATAL?range=forever", headers=htmx("history"))
+    assert refused.status_code == 400 and "range" in refused.text and refused.headers["HX-Retarget"] == "#messages"
     assert client.get("/history?task_type=NO_SUCH_TYPE").status_code == 404
     listing = client.get("/task-types").text
     assert 'href="/task-types/FATAL"' in listing
