@@ -23,6 +23,7 @@ from .common import Context, Skipped, scratch_dir
 # name -> module (each has ``run(ctx)``), in the order they run and appear in the report.
 BENCHMARKS: dict[str, str] = {
     "drain": "bench.drain",
+    "limits": "bench.limits_drain",
     "pickup": "bench.pickup",
     "submit": "bench.submit",
     "console": "bench.console",

@@ -95,16 +95,25 @@ LIMITED_DUE_SQL = """
 SELECT l.task_type FROM unnest(CAST(:types AS varchar[])) AS l(task_type)
 WHERE EXISTS (SELECT 1 FROM async_task AS t WHERE t.task_type = l.task_type
               AND t.status IN ('PENDING', 'RETRYING') AND t.next_run_at <= statement_timestamp())
-ORDER BY l.task_type
 """
+# No ORDER BY above (the caller sorts): on the direct connection ``enable_sort = off`` prices a
+# sort at 10^10, and PostgreSQL then JIT-compiled this look on every claim (a second each, so
+# unlimited tasks beside a limited backlog drained at a few batches a second; bench/limits_drain.py).
 LIMITED_DUE_SQL_DIRECT = pyformat(LIMITED_DUE_SQL)
 # ``enable_sort = off`` (see ``claim``) prices the window functions' small sorts at 10^10, which
 # would make PostgreSQL JIT-compile the statement on every claim (seconds): no JIT here.
 NO_JIT_SQL = text("SET LOCAL jit = off")
 UNIQUE_LOCK_SQL = text("SELECT pg_advisory_xact_lock(hashtext('taskdeck.unique'), hashtext(:key))")
-LIMIT_GATE_SQL = text(
-    "SELECT g.task_type, pg_advisory_xact_lock(hashtext('taskdeck.limit'), hashtext(g.task_type))"
-    " FROM (SELECT unnest(CAST(:types AS varchar[])) AS task_type ORDER BY 1) AS g")
+# The limited claim's gate (an advisory lock per type, taken in name order) and the settings of
+# its transaction, in one round trip: no sort and no JIT (see above) for the claim statement
+# that follows, and, like the plain claim on the consumer's connection (``direct.py``), no wait
+# for the WAL flush at commit (a claim lost in a crash is recovered like any other). Set here,
+# they apply from the next statement on.
+LIMIT_GATE_SETTINGS_SQL = text(
+    "SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true),"
+    " set_config('synchronous_commit', :synchronous_commit, true),"
+    " (SELECT count(*) FROM (SELECT pg_advisory_xact_lock(hashtext('taskdeck.limit'), hashtext(g.task_type))"
+    "  FROM (SELECT unnest(CAST(:types AS varchar[])) AS task_type ORDER BY 1) AS g) AS locked)")
 
 # One statement for the batch: the tasks a limit holds back are skipped, not claimed and handed
 # back. ``running`` counts PROCESSING tasks per (type, key); ``recent`` counts starts in each
@@ -450,15 +459,14 @@ class PostgresDialect:
         by_type = {item.task_type: item for item in limited}
         free = [t for t in types if t not in by_type]
         look = {"types": sorted(by_type)}
-        due_types = ([row.task_type for row in direct.execute(LIMITED_DUE_SQL_DIRECT, look)] if direct is not None
-                     else list(writer.session.execute(text(LIMITED_DUE_SQL), look).scalars()))
+        due_types = sorted([row.task_type for row in direct.execute(LIMITED_DUE_SQL_DIRECT, look)]
+                           if direct is not None else writer.session.execute(text(LIMITED_DUE_SQL), look).scalars())
         if not due_types:
             writer.session.rollback()
             return self.claim(writer, worker_id, limit, free, token, direct) if free else []
         session = writer.session
-        session.execute(NO_SORT_SQL)
-        session.execute(NO_JIT_SQL)
-        session.execute(LIMIT_GATE_SQL, {"types": due_types}).all()
+        session.execute(LIMIT_GATE_SETTINGS_SQL, {"types": due_types,
+                                                  "synchronous_commit": "on" if direct is None else "off"}).all()
         gated = [by_type[t] for t in due_types]
         params: dict[str, Any] = {
             "types": free + due_types, "limit": limit, "scan": max(200, 20 * limit), "token": token,
