@@ -31,6 +31,9 @@ EVENT_LABELS = {
     TaskEventKind.CANCEL_REQUESTED.value: lazy_gettext("Cancel requested by an operator"),
     TaskEventKind.CANCEL_TOO_LATE.value: lazy_gettext("Cancel request not honoured (the attempt ended anyway)"),
     TaskEventKind.RESUBMITTED.value: lazy_gettext("Edited and resubmitted as a new task"),
+    TaskEventKind.UNBLOCKED.value: lazy_gettext("Unblocked (every task it waited for succeeded)"),
+    TaskEventKind.SOFT_TIME_LIMIT.value: lazy_gettext("Soft time limit passed; asked to stop"),
+    TaskEventKind.TIME_LIMIT_EXCEEDED.value: lazy_gettext("Over its hard time limit (a thread cannot be stopped)"),
 }
 
 # Events that end an attempt, and how the attempt ended.
