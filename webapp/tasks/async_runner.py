@@ -214,8 +214,7 @@ class AsyncRunner:
             if current is not None:
                 self._in_process.discard(current)
             enter_context(None)
-            if context.has_pending:
-                await asyncio.to_thread(context.flush)
+            await context.settle()  # the last progress, written off the loop
         if result is None:
             return TaskResult.success(), None, False
         if isinstance(result, dict):

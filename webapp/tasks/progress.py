@@ -7,14 +7,21 @@ loop never see each other's task.
 Progress is written in its own short transaction (not the processor's), so it is visible while
 the task runs, and at most every ``MIN_WRITE_INTERVAL`` seconds per task, so reporting in a tight
 loop costs almost nothing. Each write also reads back whether a cancel was requested.
+
+Called from a coroutine (an async processor), a write or a cancel check never blocks the event
+loop: it runs on the loop's executor, one at a time per attempt, and what it reads back is seen
+by the next call; ``settle()`` writes the last progress when the attempt ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import threading
 import time
-from contextvars import ContextVar
+from collections.abc import Callable
+from contextvars import ContextVar, copy_context
 from datetime import datetime
 
 from flask import Flask
@@ -41,6 +48,8 @@ class TaskContext:
         self._last_write = 0.0
         self._last_check = 0.0
         self._pending: tuple[float, str | None] | None = None
+        self._pending_lock = threading.Lock()  # a coroutine reports while the executor writes
+        self._in_flight: asyncio.Future[None] | None = None  # an async attempt's write or check
         self.cancel_requested_at: datetime | None = None
 
     def report_progress(self, fraction: float, message: str | None = None) -> None:
@@ -48,24 +57,39 @@ class TaskContext:
             raise ValidationError("progress must be a number from 0 to 1", field="progress")
         fraction = min(1.0, max(0.0, float(fraction)))
         message = None if message is None else str(message)[:500]
-        self._pending = (fraction, message)
+        with self._pending_lock:
+            self._pending = (fraction, message)
         now = time.monotonic()
         if now - self._last_write >= MIN_WRITE_INTERVAL:
-            self.flush()
+            self._last_write = now
+            self._run_soon(self.flush)
         if self.cancel_requested_at is not None:
             raise TaskCancelled(f"task {self.task.id}: cancel requested")
 
-    @property
-    def has_pending(self) -> bool:
-        """Whether a reported progress is not yet written (``flush`` would write it)."""
-        return self._pending is not None
+    def _run_soon(self, work: Callable[[], None]) -> None:
+        """Run ``work`` now in a thread; from a coroutine, on the loop's executor (one at a time)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a worker thread (or a processor's own asyncio.to_thread call)
+            work()
+            return
+        if self._in_flight is None or self._in_flight.done():  # else: the next call does it
+            self._in_flight = loop.run_in_executor(None, copy_context().run, work)
+
+    async def settle(self) -> None:
+        """From the coroutine of an ending attempt: let a write in flight land, then write the last."""
+        if self._in_flight is not None:
+            await asyncio.wait([self._in_flight])
+        if self._pending is not None:
+            await asyncio.to_thread(self.flush)
 
     def flush(self) -> None:
         """Write the latest reported progress now (also called when the attempt ends)."""
-        if self._pending is None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, None
+        if pending is None:
             return
-        fraction, message = self._pending
-        self._pending = None
+        fraction, message = pending
         self._last_write = self._last_check = time.monotonic()
         try:
             with db.engine.begin() as connection:
@@ -84,14 +108,20 @@ class TaskContext:
         now = time.monotonic()
         if self.cancel_requested_at is None and now - self._last_check >= MIN_WRITE_INTERVAL:
             self._last_check = now
-            try:
-                with db.engine.connect() as connection:
-                    self.cancel_requested_at = connection.execute(
-                        select(AsyncTask.cancel_requested_at).where(AsyncTask.id == self.task.id)
-                    ).scalar()
-            except Exception as exc:
-                log.warning("task %s: could not check for a cancel request: %s", self.task.id, exc)
+            self._run_soon(self._check_cancel)
         return self.cancel_requested_at is not None
+
+    def _check_cancel(self) -> None:
+        try:
+            with db.engine.connect() as connection:
+                requested = connection.execute(
+                    select(AsyncTask.cancel_requested_at).where(AsyncTask.id == self.task.id)
+                ).scalar()
+        except Exception as exc:
+            log.warning("task %s: could not check for a cancel request: %s", self.task.id, exc)
+            return
+        if requested is not None:
+            self.cancel_requested_at = requested
 
 
 def current_context() -> TaskContext:
