@@ -153,3 +153,37 @@ def test_no_console_error_on_any_page(browser: Any, live_console: LiveConsole) -
         context.close()
     assert problems.console_errors == [], problems.console_errors
     assert problems.page_errors == [], problems.page_errors
+
+
+def test_a_page_rendered_before_the_zone_was_known_is_rendered_again_in_it(browser: Any,
+                                                                          live_console: LiveConsole) -> None:
+    problems = BrowserProblems()
+    context = open_context(browser, live_console, problems, timezone_id="Asia/Shanghai")
+    try:
+        tab = context.new_page()
+        log_in(tab)
+        task_id = submit(live_console, "NOOP", {"clock": "late"})
+        set_created_at(live_console, task_id, datetime(2026, 1, 1, 1, 30, tzinfo=UTC))
+        # As if the browser's zone were not known yet (a new zone, a cookie lost): the server renders
+        # UTC, the script reports the zone and the page comes back once, in Shanghai time.
+        context.clear_cookies(name="console_tz")
+        tab.goto(f"/tasks/{task_id}")
+        expect(tab.locator("body")).to_have_attribute("data-clock-zone", "Asia/Shanghai")
+        expect(tab.locator("#task-fields")).to_contain_text("2026-01-01 09:30:00 UTC+8")
+        assert any(cookie["name"] == "console_tz" and cookie["value"] == "Asia/Shanghai"
+                   for cookie in context.cookies())
+    finally:
+        context.close()
+    assert problems.page_errors == [] and problems.console_errors == []
+
+
+def test_without_javascript_local_time_is_utc_and_says_so(browser: Any, live_console: LiveConsole) -> None:
+    problems = BrowserProblems()
+    context = open_context(browser, live_console, problems, javascript=False, timezone_id="Asia/Shanghai")
+    try:
+        tab = context.new_page()
+        log_in(tab)
+        expect(tab.locator("#clock-select option:checked")).to_have_text("Local time (not known yet: UTC)")
+        expect(tab.locator(".clock-apply")).to_be_visible()  # no script to apply the choice on change
+    finally:
+        context.close()
