@@ -23,7 +23,7 @@ from webapp.tasks import AsyncTaskService, TaskInfo, TaskProcessor, TaskResult
 from webapp.tasks.consumer import Consumer
 from webapp.tasks.errors import RegistryError
 from webapp.tasks.limits import TaskLimits
-from webapp.tasks.models import AuditEntry
+from webapp.tasks.models import AuditEntry, Notification
 from webapp.tasks.registry import ProcessorRegistry
 
 PROCESSORS = ["tests.processors", "tests.async_processors"]
@@ -195,6 +195,21 @@ def test_the_attempts_writes_commit_with_its_outcome(async_app):
     wait_until(lambda: statuses(async_app, [kept, dropped]) == ["SUCCESS", "FAILURE"], message="both ended")
     assert _audit_rows(async_app, f"async-write-{kept}") == 1
     assert _audit_rows(async_app, f"async-write-{dropped}") == 0
+
+
+def test_an_async_task_notifies_its_creator_like_any_task(async_app):
+    with async_app.app_context():
+        ok = AsyncTaskService().submit_many([{"task_type": "ASYNC_ECHO", "payload": {},
+                                              "created_by": "ops@example.com"}])[0].id
+        failed = AsyncTaskService().submit_many([{"task_type": "ASYNC_WRITES", "payload": {"fail": True},
+                                                  "created_by": "ops@example.com"}])[0].id
+    Consumer(async_app, concurrency=1).start()
+    wait_until(lambda: statuses(async_app, [ok, failed]) == ["SUCCESS", "FAILURE"], message="both ended")
+    with async_app.app_context():
+        rows = AsyncTaskService().session.execute(
+            select(Notification.task_id, Notification.type, Notification.recipient)
+            .where(Notification.task_id.in_([ok, failed])).order_by(Notification.task_id)).all()
+    assert [tuple(row) for row in rows] == [(ok, "EMAIL", "ops@example.com"), (failed, "EMAIL", "ops@example.com")]
 
 
 def test_secrets_are_masked_in_the_attempts_log(async_app, caplog):
