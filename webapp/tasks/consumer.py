@@ -14,7 +14,8 @@ Shape of one consumer process, on the claim pool of ``pool.py``:
 * with ``async def`` processors registered, one **event-loop thread** (``async_runner.py``)
   running up to ``ASYNC_TASK_ASYNC_CONCURRENCY`` of their attempts, claimed in a lane of their own;
 * APScheduler jobs for the **heartbeat** (worker row and Redis lock expiry) and the
-  **recovery sweep**, both every ``heartbeat_interval``;
+  **recovery sweep**, both every ``heartbeat_interval``, and the **housekeeping** jobs of
+  ``housekeeping.py`` (start deadlines, retention, history, recurring schedules);
 * a notification dispatcher (``webapp.notifications.dispatcher``) on threads of its own.
 """
 
@@ -29,7 +30,7 @@ import threading
 import time
 import traceback as tb_module
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
@@ -42,7 +43,7 @@ from ..notifications.dispatcher import NotificationDispatcher
 from .async_runner import AsyncRunner, split_task_types
 from .direct import DirectConnection, first_line, is_lost_connection
 from .errors import TaskCancelled
-from .history import RUN_AT_SECOND, aggregate_history
+from .housekeeping import add_housekeeping_jobs
 from .lock_keeper import TaskLockKeeper
 from .masking import declared_sensitive_fields, scrub_secrets, secret_values
 from .pool import ClaimPool
@@ -157,17 +158,7 @@ class Consumer(ClaimPool[TaskInfo]):
                           next_run_time=now)
         scheduler.add_job(self._recover, "interval", seconds=self.heartbeat_interval, id="recovery",
                           next_run_time=now)
-        scheduler.add_job(self._expire_start_deadlines, "interval", seconds=self.heartbeat_interval,
-                          id="start-deadlines", next_run_time=now)
-        if self.settings.retention_days:
-            scheduler.add_job(self._purge_expired, "interval", hours=1, id="retention",
-                              next_run_time=now)
-        # Per-minute statistics for the console's history charts and /metrics (tasks/history.py).
-        scheduler.add_job(aggregate_history, "cron", second=RUN_AT_SECOND, args=[self.app], id="history")
-        schedules = self.app.extensions.get("schedules")
-        if schedules is not None:  # recurring schedules (webapp/schedules/runner.py): due slots -> tasks
-            scheduler.add_job(schedules.tick, "interval", seconds=schedules.interval, id="schedules",
-                              next_run_time=now)
+        add_housekeeping_jobs(scheduler, self.app, self.settings, self.heartbeat_interval, now)
         scheduler.start()
         self._scheduler = scheduler
         self.engine.local_consumers.append(self)
@@ -507,32 +498,6 @@ class Consumer(ClaimPool[TaskInfo]):
                     log.warning("recovery sweep: the database connection was lost (%s)", first_line(exc))
                 else:
                     log.exception("recovery sweep failed")
-            finally:
-                db.session.remove()
-
-    def _expire_start_deadlines(self) -> None:
-        """Waiting tasks past their ``start_by`` end CANCELLED (the claim already skips them)."""
-        with self.app.app_context():
-            try:
-                expired = AsyncTaskService().expire_start_deadlines()
-                if expired:
-                    log.info("start deadline passed: %d task(s) cancelled: %s", len(expired), expired[:20])
-            except Exception:
-                log.exception("start-deadline sweep failed")
-            finally:
-                db.session.remove()
-
-    def _purge_expired(self) -> None:
-        """Retention: drop finished tasks older than ASYNC_TASK_RETENTION_DAYS (hourly)."""
-        days = self.settings.retention_days
-        with self.app.app_context():
-            try:
-                cutoff = datetime.now(UTC) - timedelta(days=days)
-                deleted = AsyncTaskService().purge_finished(cutoff)
-                if deleted:
-                    log.info("retention: purged %d task(s) finished before %s", deleted, cutoff.isoformat())
-            except Exception:
-                log.exception("retention purge failed")
             finally:
                 db.session.remove()
 
