@@ -14,6 +14,9 @@ from webapp.tasks import AsyncTaskService
 from webapp.tasks.consumer import Consumer
 from webapp.tasks.models import TaskEvent
 
+# How late a retry may start: the poll interval (0.05 s) plus what a loaded machine adds.
+LATE_SLACK = 1.0
+
 
 @pytest.fixture(autouse=True)
 def clear_run_log():
@@ -59,7 +62,8 @@ def test_fixed_retries_happen_at_their_interval(app):
     times = claim_times(app, task_id)
     assert len(times) == 3
     gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
-    assert all(0.3 <= gap <= 0.3 + 0.4 for gap in gaps), gaps
+    # Never early; late by at most a poll plus scheduling delay on a loaded 2-core machine.
+    assert all(0.3 <= gap <= 0.3 + LATE_SLACK for gap in gaps), gaps
     with app.app_context():
         task = AsyncTaskService().get_task(task_id)
         assert (task.retry_count, task.result) == (2, {"attempt": 3})
@@ -74,7 +78,7 @@ def test_exponential_retries_double(app):
     gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
     assert len(gaps) == 3
     for gap, expected in zip(gaps, [0.4, 0.8, 1.6], strict=True):
-        assert expected <= gap <= expected + 0.4, gaps
+        assert expected <= gap <= expected + LATE_SLACK, gaps
     with app.app_context():
         service = AsyncTaskService()
         task = service.get_task(task_id)
