@@ -188,9 +188,9 @@ class AsyncRunner:
             payload: Any = task.payload
             if processor.payload_type is not None:
                 payload = payload_from_json(processor.payload_type, task.payload)
-            pending: Any = processor.process(task, payload)  # a coroutine: the registry checked it
             limits = self.host.attempt_limits.limits_for(task)
             time_limit = limits.time_limit
+            pending: Any = processor.process(task, payload)  # a coroutine (the registry checked): awaited next
             deadline = asyncio.timeout(time_limit)
             try:
                 # The watchdog handles the soft limit; the hard one cancels the coroutine itself.
