@@ -12,6 +12,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import event
 
+from webapp.accounts.tokens import create_token
 from webapp.extensions import db
 from webapp.notifications.queries import notifications_for_task
 from webapp.tasks import AsyncTaskService
@@ -124,3 +125,16 @@ def test_a_task_past_its_start_deadline_notifies_its_creator(limited_app):
     assert note.subject == f"Task MAIL_OK #{task.id} failed"
     assert "start deadline passed" in note.content
     assert notifications_for_task(quiet.id) == []  # its processor asks for no failure notifications
+
+
+def test_the_api_task_says_why_it_waits(limited_app):
+    service = AsyncTaskService()
+    ids = [service.submit_task("ONE_AT_A_TIME", {}).id for _ in range(2)]
+    assert _claim(service) == [ids[0]]
+    _, secret = create_token("waiting-reader", reach="all")
+    db.session.remove()
+    client = limited_app.test_client()
+    headers = {"Authorization": f"Bearer {secret}"}
+    held = client.get(f"/api/tasks/{ids[1]}", headers=headers).get_json()
+    assert held["waiting_reason"] == "waiting: limit 1 of 1 running"
+    assert client.get(f"/api/tasks/{ids[0]}", headers=headers).get_json()["waiting_reason"] is None

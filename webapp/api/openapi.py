@@ -96,6 +96,11 @@ def task_schema() -> dict[str, Any]:
             "progress_message": {"type": ["string", "null"]},
             "cancel_requested_at": optional_time,
             "start_by": optional_time,
+            "waiting_reason": {"type": ["string", "null"],
+                               "description": "GET /api/tasks/{task_id} only: why a waiting task has not "
+                                              "started, e.g. 'waiting: limit customer_id=42, 2 of 2 "
+                                              "running' or 'waiting: rate 10 per 1 s, next start in 0.4 s'; "
+                                              "null when nothing holds it back."},
         },
     }
 

@@ -140,8 +140,11 @@ def list_tasks() -> Response:
 @bp.get("/tasks/<int:task_id>")
 def get_task(task_id: int) -> Response:
     """One task: 200 with its JSON, or 404."""
-    task = AsyncTaskService().require_task(_reachable(task_id))
-    return _task_response(task, 200)
+    service = AsyncTaskService()
+    task = service.require_task(_reachable(task_id))
+    # Why a waiting task has not started (a limit at its ceiling, a pause): a few queries, one task.
+    waiting = service.waiting_reasons([task.id]).get(task.id)
+    return jsonify({**task_to_dict(task), "waiting_reason": waiting.describe() if waiting else None})
 
 
 @bp.post("/tasks/<int:task_id>/cancel")
