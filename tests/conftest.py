@@ -21,6 +21,9 @@ from sqlalchemy import text
 from webapp import create_app
 from webapp.extensions import db
 
+# The ``pool`` fixture of worker subprocesses (tests/process_pool.py).
+pytest_plugins = ["tests.process_pool"]
+
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN_ID = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"

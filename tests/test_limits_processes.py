@@ -8,7 +8,7 @@ number of PROCESSING tasks at any moment and the starts in any window can be rea
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,16 +25,6 @@ from webapp.tasks.models import AsyncTask, TaskEvent, Worker
 
 PROCESSORS = "tests.processors,tests.limit_processors"
 WORKERS = {"postgres": 4, "sqlite": 2}
-
-
-@pytest.fixture
-def pool(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProcessPool]:
-    failed_before = request.session.testsfailed
-    processes = ProcessPool(tmp_path)
-    yield processes
-    processes.shutdown()
-    if request.session.testsfailed > failed_before:
-        processes.print_logs()
 
 
 def _start_workers(app: Flask, backend: str, pool: ProcessPool, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,16 +26,6 @@ from webapp.tasks.models import AsyncTask, Worker
 
 SLOTS = 15
 NAME = "every-second"
-
-
-@pytest.fixture
-def pool(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProcessPool]:
-    failed_before = request.session.testsfailed
-    processes = ProcessPool(tmp_path)
-    yield processes
-    processes.shutdown()
-    if request.session.testsfailed > failed_before:
-        processes.print_logs()
 
 
 def runs_so_far(app: Flask) -> int:

@@ -4,30 +4,17 @@ children fail only their attempts, and the workers stay up and keep running task
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
 from tests.conftest import wait_until
-from tests.proc_utils import ProcessPool, worker_environment
+from tests.proc_utils import worker_environment
 from webapp.extensions import db
 from webapp.tasks import AsyncTaskService
 from webapp.tasks.models import AsyncTask, Worker
 
 PROCESSORS = "tests.processors,tests.isolation_processors"
-
-
-@pytest.fixture
-def pool(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProcessPool]:
-    failed_before = request.session.testsfailed
-    processes = ProcessPool(tmp_path)
-    yield processes
-    processes.shutdown()
-    if request.session.testsfailed > failed_before:
-        processes.print_logs()
 
 
 def _count(app: Flask, *conditions) -> int:

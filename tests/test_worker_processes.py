@@ -51,17 +51,6 @@ PROCESSORS = ["tests.proc_processors"]
 
 
 @pytest.fixture
-def pool(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProcessPool]:
-    """Worker subprocesses of this test; all stopped at the end, their logs printed on failure."""
-    failed_before = request.session.testsfailed
-    processes = ProcessPool(tmp_path)
-    yield processes
-    processes.shutdown()
-    if request.session.testsfailed > failed_before:
-        processes.print_logs()
-
-
-@pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own, which the test may kill and restart."""
     server = RedisServer(tmp_path).start()
@@ -162,8 +151,8 @@ def worker_statuses(app: Flask) -> dict[int, str]:
         return {w.pid: w.status for w in AsyncTaskService().workers(include_stopped=True)}
 
 
-def wait_for_workers(app: Flask, pool: ProcessPool, count: int, timeout: float = 30) -> None:
-    """Wait until ``count`` workers have registered and are RUNNING."""
+def wait_for_workers(app: Flask, pool: ProcessPool, count: int, timeout: float = 60) -> None:
+    """Wait until ``count`` workers have registered and are RUNNING (a start took over 30 s at load 17)."""
 
     def ready() -> bool:
         pool.assert_alive()

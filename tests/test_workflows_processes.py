@@ -11,7 +11,7 @@ import collections
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +28,6 @@ from webapp.workflows.models import Workflow
 
 PROCESSORS = ["tests.proc_processors"]
 FAN_IN = 1000
-
-
-@pytest.fixture
-def pool(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProcessPool]:
-    failed_before = request.session.testsfailed
-    processes = ProcessPool(tmp_path)
-    yield processes
-    processes.shutdown()
-    if request.session.testsfailed > failed_before:
-        processes.print_logs()
 
 
 @pytest.fixture(params=["postgres", "sqlite"])

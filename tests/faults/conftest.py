@@ -11,18 +11,7 @@ import pytest
 from flask import Flask
 
 from tests.faults.support import FAULT_PROCESSORS
-from tests.proc_utils import ProcessPool, RedisServer, worker_environment
-
-
-@pytest.fixture
-def pool(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProcessPool]:
-    """Worker subprocesses of this test; all stopped at the end, their logs printed on failure."""
-    failed_before = request.session.testsfailed
-    processes = ProcessPool(tmp_path)
-    yield processes
-    processes.shutdown()
-    if request.session.testsfailed > failed_before:
-        processes.print_logs(80)
+from tests.proc_utils import RedisServer, worker_environment
 
 
 @pytest.fixture
