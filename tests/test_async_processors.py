@@ -307,22 +307,18 @@ def test_async_concurrency_default(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_worker_process_runs_async_tasks_and_gives_back_what_outlives_the_grace(
-        make_app, pg_url, redis_url, tmp_path):
+        make_app, pg_url, redis_url, tmp_path, pool: ProcessPool):
     app = make_app("postgres", redis=True, ASYNC_TASK_PROCESSORS=PROCESSORS)
     env = worker_environment(pg_url, redis_url=redis_url, lock_prefix=app.config["ASYNC_TASK_REDIS_LOCK_PREFIX"],
                              run_log=tmp_path / "runs.log", tmp_path=tmp_path,
                              ASYNC_TASK_PROCESSORS=",".join(PROCESSORS), ASYNC_TASK_SHUTDOWN_GRACE=1)
-    pool = ProcessPool(tmp_path)
-    try:
-        worker = pool.start_worker("async", env, concurrency=2)
-        slept = submit(app, "ASYNC_SLEEP", {"seconds": 0.5}, count=40)
-        threaded = submit(app, "SLEEP", {"seconds": 0.2}, count=4)
-        wait_until(lambda: all_in(app, slept + threaded, "SUCCESS"), timeout=60, message="all done")
-        blocked = submit(app, "ASYNC_BLOCK", {"timeout": 60})[0]
-        wait_until(lambda: statuses(app, [blocked]) == ["PROCESSING"], timeout=20, message="blocked runs")
-        worker.send(signal.SIGTERM)
-        assert worker.wait_exit(timeout=30) == 0
-        assert statuses(app, [blocked]) == ["PENDING"]
-        assert "released 1 task(s)" in worker.log_text()
-    finally:
-        pool.shutdown()
+    worker = pool.start_worker("async", env, concurrency=2)
+    slept = submit(app, "ASYNC_SLEEP", {"seconds": 0.5}, count=40)
+    threaded = submit(app, "SLEEP", {"seconds": 0.2}, count=4)
+    wait_until(lambda: all_in(app, slept + threaded, "SUCCESS"), timeout=60, message="all done")
+    blocked = submit(app, "ASYNC_BLOCK", {"timeout": 60})[0]
+    wait_until(lambda: statuses(app, [blocked]) == ["PROCESSING"], timeout=20, message="blocked runs")
+    worker.send(signal.SIGTERM)
+    assert worker.wait_exit(timeout=30) == 0
+    assert statuses(app, [blocked]) == ["PENDING"]
+    assert "released 1 task(s)" in worker.log_text()
