@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from flask import current_app
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,7 +31,7 @@ from ..tasks.dbsession import SessionWriter
 from ..tasks.errors import TaskError, ValidationError
 from ..tasks.models import AsyncTask, TaskStatus
 from ..tasks.registry import ProcessorRegistry
-from ..tasks.service import WAKE_CHANNEL, AsyncTaskService
+from ..tasks.service import AsyncTaskService
 from .models import OverlapPolicy, RunKind, Schedule, ScheduleRun
 
 log = logging.getLogger(__name__)
@@ -220,8 +220,8 @@ class SlotWriter(SessionWriter):
     def _commit_slot(self, run: ScheduleRun) -> None:
         """Commit, waking consumers in every process when a task was created."""
         created_task = run.task_id is not None
-        if created_task and self.is_postgres:
-            self.session.execute(text(f"NOTIFY {WAKE_CHANNEL}"))
+        if created_task:
+            self.dialect.wake_consumers(self.session)  # other processes' consumers, at commit
         self.session.commit()
         if created_task:
             try:
