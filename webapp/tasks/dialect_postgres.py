@@ -121,7 +121,7 @@ LIMIT_GATE_SETTINGS_SQL = text(
 # due index (so a saturated key's backlog never fills the scan), and among the rest a task may
 # start if the running (started) count plus its rank within its key stays within the limit.
 # Ranks count every higher task of the key whether or not it is claimed: never too many.
-CLAIM_LIMITED_SQL = text("""
+CLAIM_LIMITED_SQL_TEXT = """
 WITH lim AS (
     SELECT * FROM unnest(CAST(:l_types AS varchar[]), CAST(:l_concurrency AS integer[]),
                          CAST(:l_concurrency_key AS text[]), CAST(:l_rate_count AS integer[]),
@@ -182,7 +182,16 @@ WITH lim AS (
       AND s.started_at < statement_timestamp() - make_interval(secs => l.rate_per)
 )
 SELECT * FROM claimed
-""").columns(created_at=UTCDateTime())
+"""
+CLAIM_LIMITED_SQL = text(CLAIM_LIMITED_SQL_TEXT).columns(created_at=UTCDateTime())
+CLAIM_LIMITED_SQL_DIRECT = pyformat(CLAIM_LIMITED_SQL_TEXT)
+# The gate on the consumer's own connection (``enable_sort = off`` there): no sort to plan,
+# the locks taken in the order of the array (sorted by the caller), and no JIT for the claim
+# that follows in the same transaction.
+LIMIT_GATE_DIRECT_SQL = pyformat(
+    "SELECT set_config('jit', 'off', true), (SELECT count(*) FROM (SELECT pg_advisory_xact_lock("
+    "hashtext('taskdeck.limit'), hashtext(g.task_type)) FROM unnest(CAST(:gate_types AS varchar[])) AS g(task_type))"
+    " AS locked)")
 
 # Many successes in one round trip: fenced by each attempt's claim token, events included.
 SUCCEED_SQL = """
@@ -464,9 +473,6 @@ class PostgresDialect:
         if not due_types:
             writer.session.rollback()
             return self.claim(writer, worker_id, limit, free, token, direct) if free else []
-        session = writer.session
-        session.execute(LIMIT_GATE_SETTINGS_SQL, {"types": due_types,
-                                                  "synchronous_commit": "on" if direct is None else "off"}).all()
         gated = [by_type[t] for t in due_types]
         params: dict[str, Any] = {
             "types": free + due_types, "limit": limit, "scan": max(200, 20 * limit), "token": token,
@@ -475,6 +481,12 @@ class PostgresDialect:
             "l_concurrency_key": [g.concurrency_key for g in gated],
             "l_rate_count": [g.rate_count for g in gated], "l_rate_per": [g.rate_per for g in gated],
             "l_rate_key": [g.rate_key for g in gated]}
+        if direct is not None:  # gate and claim in one round trip, like the plain claim's one statement
+            rows = direct.execute_after(LIMIT_GATE_DIRECT_SQL, CLAIM_LIMITED_SQL_DIRECT,
+                                        {**params, "gate_types": due_types})
+            return [row._replace(created_at=row.created_at.astimezone(UTC)) for row in rows]
+        session = writer.session
+        session.execute(LIMIT_GATE_SETTINGS_SQL, {"types": due_types, "synchronous_commit": "on"}).all()
         return session.execute(CLAIM_LIMITED_SQL, params).all()
 
     resolves_in_succeed = True

@@ -47,6 +47,22 @@ class DirectConnection:
         self._connection: psycopg.Connection[Any] | None = None
         self._durable = durable
 
+    def execute_after(self, first: str, second: str, params: dict[str, Any]) -> list[Any]:
+        """Two statements in one transaction sent as one pipeline (one round trip); the second's rows.
+
+        Under READ COMMITTED each statement takes its own snapshot, so whatever the first waits
+        for (the limited claim's advisory locks) is over before the second reads anything.
+        """
+        connection = self._connect()
+        try:
+            with connection.pipeline(), connection.transaction():
+                connection.execute(first, params, prepare=None)
+                cursor = connection.execute(second, params, prepare=None)
+            return cursor.fetchall()
+        except _psycopg().OperationalError:
+            self.close()
+            raise
+
     def execute(self, sql: str, params: dict[str, Any]) -> list[Any]:
         """Run one statement (committed by itself) and return its rows."""
         connection = self._connect()
