@@ -83,6 +83,24 @@
     }
   });
 
+  // An operator's action inside a live part (cancel, retry) is answered with that part, found by
+  // its id. A poll of the same part landing meanwhile would detach the form, and the action's
+  // answer would find no target ("Invalid re-target"). So while an action inside a live part is
+  // in flight, the part's poll neither starts nor swaps: the action's answer brings the fresh
+  // part, and with it the next poll.
+  function actionInFlight(elt) {
+    return !!(elt && elt.hasAttribute && elt.hasAttribute("data-poll") && elt.querySelector("form.htmx-request"));
+  }
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    if (actionInFlight(event.detail && event.detail.elt)) event.preventDefault();
+  });
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var detail = event.detail || {};
+    var config = detail.requestConfig || {};
+    // Only the part's own poll (a GET) is held back, never the action's answer swapped into it.
+    if (config.verb === "get" && actionInFlight(detail.elt)) detail.shouldSwap = false;
+  });
+
   document.addEventListener("DOMContentLoaded", restoreSelection);
 })();
 
