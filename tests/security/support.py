@@ -41,8 +41,9 @@ PUBLIC_ENDPOINTS = {
 }
 # Console endpoints any logged-in user may POST to: logging in again, logging out, the language,
 # their own password.
-NOT_ROLE_GATED = {"auth.login", "auth.logout", "i18n.choose_language",
-                  "account.change_password"}  # every user changes their own password
+# Every user changes their own password, language and clock (local time or UTC).
+NOT_ROLE_GATED = {"auth.login", "auth.logout", "i18n.choose_language", "clock.choose_clock",
+                  "account.change_password"}
 
 # Form fields that make each known state-changing request one that *would* change something if
 # it were allowed; the control test proves they do. Routes not listed get an empty form.
