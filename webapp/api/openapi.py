@@ -420,7 +420,7 @@ def schedule_paths() -> dict[str, Any]:
 
     def action(operation: str, summary: str) -> dict[str, Any]:
         return {"post": {"operationId": operation, "summary": summary, "parameters": [name],
-                         "responses": {"200": reply("The schedule.", "Schedule"), **errors(401, 404)}}}
+                         "responses": {"200": reply("The schedule.", "Schedule"), **errors(401, 404, 422)}}}
 
     return {
         "/api/schedules": {
@@ -432,7 +432,7 @@ def schedule_paths() -> dict[str, Any]:
         },
         "/api/schedules/{name}": {
             "get": {"operationId": "getSchedule", "summary": "One schedule", "parameters": [name],
-                    "responses": {"200": reply("The schedule.", "Schedule"), **errors(401, 404)}},
+                    "responses": {"200": reply("The schedule.", "Schedule"), **errors(401, 404, 422)}},
             "patch": {"operationId": "updateSchedule", "summary": "Change fields of a schedule",
                       "description": "The next slots follow the new definition. Giving `cron` clears "
                                      "`interval_seconds` and the other way round.",
@@ -441,14 +441,14 @@ def schedule_paths() -> dict[str, Any]:
                                     **errors(400, 401, 404, 409, 413, 422)}},
             "delete": {"operationId": "deleteSchedule", "summary": "Delete a schedule (its tasks stay)",
                        "parameters": [name],
-                       "responses": {"204": {"description": "Deleted."}, **errors(401, 404, 409)}},
+                       "responses": {"204": {"description": "Deleted."}, **errors(401, 404, 409, 422)}},
         },
         "/api/schedules/{name}/pause": action("pauseSchedule", "Pause: no slot fires until resumed"),
         "/api/schedules/{name}/resume": action("resumeSchedule", "Resume from the next slot after now"),
         "/api/schedules/{name}/run": {"post": {
             "operationId": "runSchedule", "summary": "Run now: one task at once, recorded as a manual run",
             "parameters": [name],
-            "responses": {"202": reply("The run and its task.", "ScheduleRun"), **errors(401, 404)}}},
+            "responses": {"202": reply("The run and its task.", "ScheduleRun"), **errors(401, 404, 422)}}},
         "/api/schedules/{name}/runs": {"get": {
             "operationId": "listScheduleRuns", "summary": "A schedule's runs, newest slot first",
             "parameters": [name, {"name": "limit", "in": "query",
